@@ -1,0 +1,193 @@
+"""The one error tree of qbq; retry and failure decisions key on these types, never on text.
+
+    QbqError
+    ├── InputError                 the request or configuration is wrong (exit code 2)
+    │   ├── RequestValidationError     a field of the request is invalid
+    │   ├── ImageError                 a page cannot be read or measured
+    │   ├── UnknownModelError          a model with no known limits
+    │   └── ConfigurationError         settings, blocks or limits are missing or wrong
+    ├── PlanningError              a student cannot fit in any batch (exit code 2)
+    ├── ProviderError              the model provider failed to answer (transient unless noted)
+    │   ├── RateLimitedError           HTTP 429; carries retry_after seconds when given
+    │   ├── ProviderUnavailableError   HTTP 5xx
+    │   ├── ProviderTimeoutError       no answer within the client timeout
+    │   ├── ProviderConnectionError    the connection failed or dropped
+    │   └── ProviderRequestError       HTTP 4xx other than 429: our request is wrong (not retried)
+    ├── ResponseError              the provider answered, but the answer is unusable
+    │   ├── ResponseShapeError         not JSON, or not the expected envelope
+    │   ├── ResponseSchemaError        JSON that breaks the response schema
+    │   ├── ResponseRuleError          valid schema, broken rules (students, questions, marks)
+    │   ├── TruncatedResponseError     finish_reason "length"
+    │   └── RefusalError               the model refused
+    ├── GradingFailedError         a batch could not be graded after its attempts
+    └── DeliveryError              the results API refused or could not be reached
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DeliveryError",
+    "GradingFailedError",
+    "ImageError",
+    "InputError",
+    "PlanningError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderRequestError",
+    "ProviderTimeoutError",
+    "ProviderUnavailableError",
+    "QbqError",
+    "RateLimitedError",
+    "RefusalError",
+    "RequestValidationError",
+    "ResponseError",
+    "ResponseRuleError",
+    "ResponseSchemaError",
+    "ResponseShapeError",
+    "TruncatedResponseError",
+    "UnknownModelError",
+]
+
+
+class QbqError(Exception):
+    """Base of every error qbq raises on purpose."""
+
+    #: Short machine-readable stage name recorded with the error ("input", "plan", "grade", ...).
+    stage: str = "run"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def error_type(self) -> str:
+        return type(self).__name__
+
+
+class InputError(QbqError):
+    """The request or configuration is wrong; nothing was sent to a model."""
+
+    stage = "input"
+
+
+class RequestValidationError(InputError):
+    """One or more fields of the request are invalid; `problems` lists `field: problem` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid request:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class ImageError(InputError):
+    """A page image is missing, unreadable or not an image."""
+
+
+class UnknownModelError(InputError):
+    """The model is not in the catalogue and no limits were given for it."""
+
+
+class ConfigurationError(InputError):
+    """Settings, blocks or limits are missing or contradictory."""
+
+
+class PlanningError(QbqError):
+    """The request cannot be split into batches within the model's limits."""
+
+    stage = "plan"
+
+
+class ProviderError(QbqError):
+    """The provider did not produce an answer; `transient` errors are worth retrying."""
+
+    stage = "provider"
+    transient: bool = True
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class RateLimitedError(ProviderError):
+    """HTTP 429 from the provider."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status_code: int | None = 429
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class ProviderUnavailableError(ProviderError):
+    """HTTP 5xx from the provider."""
+
+
+class ProviderTimeoutError(ProviderError):
+    """The provider did not answer within the client timeout."""
+
+
+class ProviderConnectionError(ProviderError):
+    """The connection to the provider failed or dropped."""
+
+
+class ProviderRequestError(ProviderError):
+    """HTTP 4xx other than 429: the request itself is wrong, so retrying cannot help."""
+
+    transient = False
+
+
+class ResponseError(QbqError):
+    """The provider answered but the answer cannot be used; `body` keeps the raw text."""
+
+    stage = "response"
+
+    def __init__(self, message: str, *, body: str | None = None) -> None:
+        super().__init__(message)
+        self.body = body
+
+
+class ResponseShapeError(ResponseError):
+    """The reply is not JSON or lacks the expected envelope."""
+
+
+class ResponseSchemaError(ResponseError):
+    """The reply is JSON but breaks the response schema."""
+
+
+class ResponseRuleError(ResponseError):
+    """The reply fits the schema but breaks the batch's rules.
+
+    `problems` lists every broken rule; `offending_refs` names the students they concern,
+    so a caller can keep the valid rest of the reply.
+    """
+
+    def __init__(
+        self, problems: list[str], *, offending_refs: set[str], body: str | None = None
+    ) -> None:
+        super().__init__("reply breaks the rules: " + "; ".join(problems), body=body)
+        self.problems = problems
+        self.offending_refs = offending_refs
+
+
+class TruncatedResponseError(ResponseError):
+    """The reply was cut off (finish_reason "length")."""
+
+
+class RefusalError(ResponseError):
+    """The model refused to answer."""
+
+
+class GradingFailedError(QbqError):
+    """A batch could not be graded; the last underlying error is the cause."""
+
+    stage = "grade"
+
+
+class DeliveryError(QbqError):
+    """The results API refused the payload or could not be reached."""
+
+    stage = "deliver"
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code

@@ -1,0 +1,163 @@
+"""The messages and strict JSON schema qbq sends for one batch (the wire protocol with the model).
+
+The stable part comes first (system, questions and rubric, model answers) so that providers can
+reuse the cached prefix; each student's pages follow a text label carrying the student's ref.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "MODEL_ANSWERS_LABEL",
+    "PROMPT_VERSION",
+    "QUESTIONS_LABEL",
+    "STUDENT_LABEL",
+    "PromptQuestion",
+    "StudentPages",
+    "build_messages",
+    "questions_text",
+    "response_format",
+    "response_schema",
+    "student_label",
+]
+
+#: Bumped whenever the messages or the schema change meaning; part of every idempotency key.
+PROMPT_VERSION = "qbq-prompt-1/schema-1"
+
+QUESTIONS_LABEL = "Assessment questions (JSON): "
+MODEL_ANSWERS_LABEL = "Model answer pages follow (the expected answers, not a student's work)."
+STUDENTS_LABEL = (
+    "Student answer pages follow. Each student's pages come after a line 'Student ref: <ref>'; "
+    "grade every student and every question exactly once."
+)
+STUDENT_LABEL = "Student ref: "
+
+SYSTEM_PROMPT = (
+    "You are a careful, fair examiner grading scanned handwritten answers question by question. "
+    "For each student and each question give a mark between 0 and the question's max_mark "
+    "(half marks allowed), short feedback addressed to the student (at most 40 words), your "
+    "confidence (low, medium or high) and the answer's status: answered, blank (nothing written) "
+    "or unreadable. Use status blank or unreadable with mark 0. If a name is written on the "
+    "pages, report it as name.first and name.last; otherwise name is null. Grade only what is "
+    "written on the student's own pages. Answer with JSON that follows the given schema."
+)
+
+Detail = Literal["low", "high", "auto"]
+
+
+@dataclass(frozen=True)
+class PromptQuestion:
+    question_number: str
+    max_mark: float
+    rubric: str | None
+
+
+@dataclass(frozen=True)
+class StudentPages:
+    """One student's ref and the image URLs (http(s) or data URIs) of their ordered pages."""
+
+    ref: str
+    image_urls: Sequence[str]
+
+
+def questions_text(questions: Sequence[PromptQuestion]) -> str:
+    body = [
+        {"question_number": q.question_number, "max_mark": q.max_mark, "rubric": q.rubric}
+        for q in questions
+    ]
+    return QUESTIONS_LABEL + json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def student_label(ref: str) -> str:
+    return STUDENT_LABEL + ref
+
+
+def _image_part(url: str, detail: Detail) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url, "detail": detail}}
+
+
+def build_messages(
+    *,
+    instructions: str | None,
+    questions: Sequence[PromptQuestion],
+    model_answer_urls: Sequence[str],
+    students: Sequence[StudentPages],
+    detail: Detail = "high",
+    correction: str | None = None,
+) -> list[dict[str, Any]]:
+    """Chat messages for one batch; `correction` asks again after an invalid reply."""
+    system = SYSTEM_PROMPT if not instructions else f"{SYSTEM_PROMPT}\n\nInstructions: {instructions}"
+    stable: list[dict[str, Any]] = [{"type": "text", "text": questions_text(questions)}]
+    if model_answer_urls:
+        stable.append({"type": "text", "text": MODEL_ANSWERS_LABEL})
+        stable.extend(_image_part(u, detail) for u in model_answer_urls)
+    work: list[dict[str, Any]] = [{"type": "text", "text": STUDENTS_LABEL}]
+    for student in students:
+        work.append({"type": "text", "text": student_label(student.ref)})
+        work.extend(_image_part(u, detail) for u in student.image_urls)
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": stable},
+        {"role": "user", "content": work},
+    ]
+    if correction:
+        messages.append({"role": "user", "content": correction})
+    return messages
+
+
+def response_schema(refs: Sequence[str], question_numbers: Sequence[str]) -> dict[str, Any]:
+    """Strict schema whose enums pin this batch's student refs and question numbers."""
+    name = {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"first": {"type": "string"}, "last": {"type": "string"}},
+                "required": ["first", "last"],
+                "additionalProperties": False,
+            },
+            {"type": "null"},
+        ]
+    }
+    answer = {
+        "type": "object",
+        "properties": {
+            "question_number": {"type": "string", "enum": list(question_numbers)},
+            "mark": {"type": "number"},
+            "feedback": {"type": "string"},
+            "confidence": {"type": "string", "enum": ["low", "medium", "high"]},
+            "status": {"type": "string", "enum": ["answered", "blank", "unreadable"]},
+        },
+        "required": ["question_number", "mark", "feedback", "confidence", "status"],
+        "additionalProperties": False,
+    }
+    student = {
+        "type": "object",
+        "properties": {
+            "ref": {"type": "string", "enum": list(refs)},
+            "name": name,
+            "answers": {"type": "array", "items": answer},
+        },
+        "required": ["ref", "name", "answers"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"students": {"type": "array", "items": student}},
+        "required": ["students"],
+        "additionalProperties": False,
+    }
+
+
+def response_format(refs: Sequence[str], question_numbers: Sequence[str]) -> dict[str, Any]:
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "grading_batch",
+            "strict": True,
+            "schema": response_schema(refs, question_numbers),
+        },
+    }

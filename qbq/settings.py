@@ -1,0 +1,98 @@
+"""Typed settings: every `QBQ_*` environment variable qbq reads, with its default and meaning."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["GradingPolicy", "QbqSettings", "get_settings"]
+
+
+class GradingPolicy(BaseSettings):
+    """Margins, batch sizes and retry limits: the numbers that shape planning and grading."""
+
+    model_config = SettingsConfigDict(env_prefix="QBQ_", extra="ignore")
+
+    context_margin: float = Field(
+        0.10, ge=0.0, lt=1.0,
+        description="Share of the context window kept free as a safety margin when planning.",
+    )
+    output_tokens_per_answer: int = Field(
+        110, gt=0, description="Expected completion tokens for one answer (mark + feedback)."
+    )
+    output_tokens_per_student: int = Field(
+        40, ge=0, description="Expected completion tokens per student besides the answers."
+    )
+    output_headroom: float = Field(
+        1.5, ge=1.0,
+        description="max_completion_tokens = expected output × this (capped at the model's max).",
+    )
+    max_students_per_batch: int | None = Field(
+        None, gt=0,
+        description="Upper bound on students per batch (smaller batches fail smaller). "
+        "None: only the model's limits bound a batch.",
+    )
+    max_images_per_request: int = Field(
+        500, gt=0, description="Provider cap on image inputs in one request."
+    )
+    max_request_bytes: int = Field(
+        50_000_000, gt=0, description="Provider cap on one request's body size in bytes."
+    )
+    max_attempts: int = Field(
+        4, ge=1, description="Attempts per batch for transient provider errors (1 = no retry)."
+    )
+    backoff_base_s: float = Field(
+        1.0, ge=0.0, description="First retry delay; doubles each attempt, with full jitter."
+    )
+    backoff_max_s: float = Field(60.0, ge=0.0, description="Longest retry delay.")
+    reasks: int = Field(
+        2, ge=0, description="Re-asks with the validation errors after an invalid reply."
+    )
+
+
+class QbqSettings(BaseSettings):
+    """Process-wide settings; Prefect blocks override them in deployments."""
+
+    model_config = SettingsConfigDict(env_prefix="QBQ_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///.qbq/qbq.db",
+        description="SQLAlchemy URL of the store (SQLite file by default; "
+        "postgresql+psycopg://... for PostgreSQL).",
+    )
+    results_api_url: str | None = Field(
+        None, description="Full URL the results payload is POSTed to. None: no delivery."
+    )
+    results_api_token: str | None = Field(
+        None, description="Bearer token sent to the results API, if it needs one."
+    )
+    default_model: str = Field(
+        "gpt-4.1-mini", description="Model for requests that do not name one (legacy requests)."
+    )
+    model_context_window: int | None = Field(
+        None, gt=0, description="Context window for a model missing from the catalogue."
+    )
+    model_max_output_tokens: int | None = Field(
+        None, gt=0, description="Max output tokens for a model missing from the catalogue."
+    )
+    max_in_flight: int = Field(
+        4, gt=0, description="Batches graded at the same time by one flow run (thread pool size)."
+    )
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Timeout of one model request, in seconds."
+    )
+    delivery_timeout_s: float = Field(30.0, gt=0, description="Timeout of one results POST.")
+    payload_format: Literal["auto", "native", "legacy"] = Field(
+        "auto", description="Payload form; auto: legacy for legacy requests, else native."
+    )
+    keep_raw_responses: bool = Field(
+        False, description="Keep raw model replies after reduce (they may hold personal data)."
+    )
+    log_format: Literal["text", "json"] = Field("text", description="Console log format.")
+
+
+def get_settings() -> QbqSettings:
+    """Read the settings from the environment now (not cached: tests change the environment)."""
+    return QbqSettings()

@@ -1,0 +1,11 @@
+"""Session-wide test setup: keep every test away from the user's home, the network and real keys."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_HOME = tempfile.mkdtemp(prefix="qbq-tests-")
+os.environ.setdefault("PREFECT_HOME", os.path.join(_HOME, "prefect"))
+os.environ["OPENAI_API_KEY"] = "sk-test-simulated"  # never a real key in tests
+os.environ.pop("OPENAI_BASE_URL", None)
