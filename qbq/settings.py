@@ -47,6 +47,10 @@ class GradingPolicy(BaseSettings):
         1.0, ge=0.0, description="First retry delay; doubles each attempt, with full jitter."
     )
     backoff_max_s: float = Field(60.0, ge=0.0, description="Longest retry delay.")
+    min_coverage: float = Field(
+        1.0, ge=0.0, le=1.0,
+        description="Share of students that must be graded for the run to count as a success.",
+    )
     reasks: int = Field(
         2, ge=0, description="Re-asks with the validation errors after an invalid reply."
     )

@@ -1,0 +1,1 @@
+"""Prefect flows: grade_assessment (plan → grade → reduce → deliver) and its companions."""

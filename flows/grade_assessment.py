@@ -1,0 +1,87 @@
+"""The `grade-assessment` flow: plan → grade_batch.map → reduce → deliver, as a Prefect 3 flow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.states import State
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
+
+from qbq.grading import BatchOutcome
+from qbq.progress import BatchProgress, publish
+from qbq.request import LegacyRequest, NativeRequest
+from qbq.settings import GradingPolicy, get_settings
+from tasks.grading import (
+    deliver_task,
+    finalize_task,
+    grade_batch_task,
+    prepare_task,
+    register_task,
+)
+
+__all__ = ["grade_assessment"]
+
+
+@flow(
+    name="grade-assessment",
+    task_runner=ThreadPoolTaskRunner(max_workers=get_settings().max_in_flight),
+    log_prints=False,
+)
+def grade_assessment(
+    request: NativeRequest | LegacyRequest | None = None,
+    request_path: str | None = None,
+) -> dict[str, Any]:
+    """Grade one request (inline `request`, or a JSON file at `request_path` on the worker).
+
+    Returns the run summary (counts, tokens, cost; no personal data). Settings come from the
+    `QBQ_*` environment; relative page paths of an inline request resolve against the worker's
+    working directory.
+    """
+    logger = get_run_logger()
+    settings = get_settings()
+    policy = GradingPolicy()
+    if (request is None) == (request_path is None):
+        raise ValueError("give exactly one of request or request_path")
+    source: dict[str, Any] | str = (
+        request.model_dump(mode="json", exclude_unset=True) if request is not None
+        else str(request_path)
+    )
+    prepared = prepare_task(source, settings, policy)
+    plan = prepared.plan
+    logger.info("process %s: %d students in %d batches, ~%d prompt tokens, est. $%.4f",
+                plan.process_id, plan.n_students, len(plan.batches), plan.prompt_tokens,
+                plan.estimated_cost_usd())
+    register_task(prepared, settings)
+
+    total = len(plan.batches)
+    artifact_id = create_progress_artifact(progress=0.0, key=None,
+                                           description=f"batches graded of {total}")
+    futures = grade_batch_task.map(plan.batches, unmapped(quote(prepared)), unmapped(settings),
+                                   unmapped(policy))
+    done = 0
+    for future in as_completed(futures):
+        done += 1
+        state: State[Any] = future.state
+        outcome = future.result(raise_on_failure=False) if state.is_completed() else None
+        from_store = isinstance(outcome, BatchOutcome) and outcome.from_store
+        publish(BatchProgress(plan.process_id, done, total,
+                              "succeeded" if state.is_completed() else "failed", from_store))
+        update_progress_artifact(artifact_id, progress=100.0 * done / total)
+
+    native = finalize_task(prepared, settings, policy)
+    summary = native.summary.model_dump(mode="json")
+    result: dict[str, Any] = {"process_id": plan.process_id, "status": native.status, **summary}
+    if settings.results_api_url:
+        report = deliver_task(plan.process_id, settings)
+        result["delivered"] = report.delivered
+        result["delivery_error"] = report.last_error
+        if report.failed:
+            logger.warning("delivery failed (%s); the outbox keeps the payload for "
+                           "the deliver-results flow", report.last_error)
+    logger.info("process %s %s: %d/%d students graded", plan.process_id, native.status,
+                native.summary.graded, native.summary.students)
+    return result

@@ -1,0 +1,249 @@
+"""The `qbq` command line: grade, plan, sample, demo, simulate, receiver.
+
+Exit codes: 0 success, 1 grading failed, 2 invalid input or configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from qbq.errors import InputError, PlanningError, QbqError
+from qbq.payload import NativePayload
+from qbq.settings import GradingPolicy, get_settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Grade scanned student answers question by question with an OpenAI "
+                       "vision model, as a Prefect flow.")
+console = Console()
+err = Console(stderr=True)
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+@contextmanager
+def _input_errors() -> Iterator[None]:
+    """Input, configuration and planning errors end the command with exit code 2."""
+    try:
+        yield
+    except (InputError, PlanningError) as exc:
+        err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+        raise typer.Exit(EXIT_INVALID) from exc
+
+
+def _marks_table(payload: NativePayload, limit: int | None = None) -> Table:
+    qnums: list[str] = []
+    for student in payload.students:
+        for a in student.answers:
+            if a.question_number not in qnums:
+                qnums.append(a.question_number)
+    table = Table(title=f"{payload.assessment_id} — {payload.status}"
+                  + (" (SIMULATED grades)" if payload.summary.simulated else ""))
+    table.add_column("student")
+    table.add_column("status")
+    for q in qnums:
+        table.add_column(f"Q{q}", justify="right")
+    table.add_column("total", justify="right")
+    table.add_column("review")
+    reasons = {f.ref: f"{f.error_type}: {f.reason}" for f in payload.failures}
+    shown = payload.students if limit is None else payload.students[:limit]
+    for s in shown:
+        marks = {a.question_number: a.mark for a in s.answers}
+        cells = [f"{marks[q]:g}" if q in marks else "—" for q in qnums]
+        total = f"{sum(marks.values()):g}" if s.status == "graded" else reasons.get(s.ref, "")[:40]
+        table.add_row(s.ref, s.status, *cells, total, "yes" if s.needs_review else "")
+    return table
+
+
+def _preflight(request_path: Path) -> Any:
+    """Validate, measure and plan before starting Prefect, so bad input costs nothing."""
+    from qbq import pipeline
+    from qbq.provider import make_openai_client
+
+    settings = get_settings()
+    with _input_errors():
+        prepared = pipeline.prepare(request_path, settings=settings, policy=GradingPolicy())
+        make_openai_client(timeout_s=settings.request_timeout_s)  # fails fast without a key
+    return prepared
+
+
+def run_grade(request_path: Path, *, verbose: bool, out: Path | None) -> NativePayload:
+    """Run the grade-assessment flow in this process with a progress bar; return the payload."""
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    prepared = _preflight(request_path)
+    from flows.grade_assessment import grade_assessment
+    from qbq import pipeline
+    from qbq.progress import BatchProgress, subscribed
+    from qbq.wiring import get_store
+
+    plan = prepared.plan
+    console.print(f"process [bold]{plan.process_id}[/]: {plan.n_students} students, "
+                  f"{len(plan.batches)} batches, model {plan.model}")
+    columns = (TextColumn("grading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("batches", total=len(plan.batches))
+
+        def on_batch(event: BatchProgress) -> None:
+            if event.process_id == plan.process_id:
+                progress.update(bar, completed=event.done)
+
+        with subscribed(on_batch):
+            summary = grade_assessment(request_path=str(request_path.resolve()))
+    settings = get_settings()
+    policy = GradingPolicy()
+    native, outgoing = pipeline.build_payload(
+        prepared, pipeline.collect(get_store(settings), plan), policy=policy, settings=settings)
+    if out is not None:
+        out.write_text(outgoing.model_dump_json(indent=2))
+        console.print(f"payload written to {out}")
+    if summary.get("delivery_error"):
+        err.print(f"[yellow]delivery pending:[/] {summary['delivery_error']}")
+    return native
+
+
+@app.command()
+def grade(
+    request: Annotated[Path, typer.Argument(help="Request JSON (native or legacy).")],
+    out: Annotated[Path | None, typer.Option(help="Also write the payload JSON here.")] = None,
+    verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
+) -> None:
+    """Grade a request: plan, grade every batch, reduce, deliver; prints the marks."""
+    payload = run_grade(request, verbose=verbose, out=out)
+    console.print(_marks_table(payload))
+    s = payload.summary
+    console.print(f"{s.graded}/{s.students} graded, {s.model_calls} model calls, "
+                  f"{s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion tokens, "
+                  f"est. ${s.estimated_cost_usd:.4f}")
+    raise typer.Exit(EXIT_OK if payload.status == "success" else EXIT_FAILED)
+
+
+@app.command()
+def plan(
+    request: Annotated[Path, typer.Argument(help="Request JSON (native or legacy).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Show how a request would be batched: batches, tokens and estimated cost."""
+    from qbq import pipeline
+
+    with _input_errors():
+        prepared = pipeline.prepare(request, settings=get_settings(), policy=GradingPolicy())
+    p = prepared.plan
+    body = {
+        "process_id": p.process_id,
+        "model": p.model,
+        "students": p.n_students,
+        "batches": [
+            {"index": b.index, "idempotency_key": b.idempotency_key, "students": len(b.students),
+             "images": b.n_images, "prompt_tokens": b.prompt_tokens,
+             "max_completion_tokens": b.max_completion_tokens, "bytes": b.n_bytes}
+            for b in p.batches
+        ],
+        "prompt_tokens": p.prompt_tokens,
+        "expected_output_tokens": p.expected_output_tokens,
+        "token_budget_per_request": p.token_budget,
+        "estimated_cost_usd": round(p.estimated_cost_usd(), 6),
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(body, indent=2) + "\n")
+        return
+    table = Table(title=f"plan {p.process_id} ({p.model})")
+    for col in ("batch", "students", "images", "prompt tokens", "max completion", "bytes"):
+        table.add_column(col, justify="right")
+    for b in p.batches:
+        table.add_row(str(b.index), str(len(b.students)), str(b.n_images),
+                      f"{b.prompt_tokens:,}", f"{b.max_completion_tokens:,}", f"{b.n_bytes:,}")
+    console.print(table)
+    console.print(f"{p.n_students} students in {len(p.batches)} batches; "
+                  f"{p.prompt_tokens:,} prompt tokens; est. ${p.estimated_cost_usd():.4f}")
+
+
+@app.command()
+def sample(
+    out: Annotated[Path, typer.Option(help="Folder to write request.json and pages/ into.")],
+    students: Annotated[int, typer.Option(min=1)] = 12,
+    pages: Annotated[int, typer.Option(min=1)] = 2,
+    questions: Annotated[int, typer.Option(min=1)] = 4,
+    seed: int = 0,
+    model: str = "gpt-4.1-mini",
+) -> None:
+    """Write a sample request with generated PNG pages that carry their ground truth."""
+    from qbq.sample import write_sample
+
+    path = write_sample(out, students=students, pages=pages, questions=questions, seed=seed,
+                        model=model)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def simulate(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8700,
+    host: Annotated[str, typer.Option(help="Loopback address to bind.")] = "127.0.0.1",
+    latency_ms: Annotated[float | None, typer.Option(help="Added latency per reply.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Run the OpenAI-compatible simulator (a test and demo device: its grades are simulated)."""
+    from qbq.simulator.config import SimConfig
+    from qbq.simulator.server import serve
+
+    overrides: dict[str, Any] = {}
+    if latency_ms is not None:
+        overrides["latency_ms"] = latency_ms
+    if seed is not None:
+        overrides["seed"] = seed
+    console.print(f"SIMULATED OpenAI API on http://{host}:{port}/v1 — replies are not real grades")
+    serve(host, port, SimConfig(**overrides))
+
+
+@app.command()
+def receiver(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8710,
+    db: Annotated[Path, typer.Option(help="SQLite file for received payloads.")] = Path(
+        ".qbq/receiver.db"),
+    token: Annotated[str | None, typer.Option(help="Require this bearer token.")] = None,
+) -> None:
+    """Run the reference results API (POST /results, GET /results)."""
+    import uvicorn
+
+    from qbq.receiver import create_app
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    uvicorn.run(create_app(db, token=token), host="127.0.0.1", port=port, log_level="info")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Working folder for the demo.")] = Path(".qbq/demo"),
+    students: Annotated[int, typer.Option(min=1)] = 12,
+    pages: Annotated[int, typer.Option(min=1)] = 2,
+    questions: Annotated[int, typer.Option(min=1)] = 4,
+    batch_size: Annotated[int, typer.Option(min=1, help="Students per batch at most.")] = 4,
+) -> None:
+    """Sample + simulator + receiver on free loopback ports + grade; grades are SIMULATED."""
+    from qbq.demo import run_demo
+
+    with _input_errors():
+        code = run_demo(out, students=students, pages=pages, questions=questions,
+                        batch_size=batch_size, console=console, table=_marks_table,
+                        grade=lambda path: run_grade(path, verbose=False, out=None))
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except QbqError as exc:  # a runtime failure that escaped a command: report, exit 1
+        err.print(f"[bold red]{exc.error_type}:[/] {exc.message}")
+        raise SystemExit(EXIT_FAILED) from exc

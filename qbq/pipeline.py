@@ -1,0 +1,127 @@
+"""The steps of a grading run as plain functions over injected adapters; tasks/ wraps them.
+
+prepare → register → (grade_batch per batch) → collect → finalize (payload + outbox) → deliver.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from qbq.delivery import fetch_image
+from qbq.domain import GradingRequest
+from qbq.loading import Fetcher, load_request, load_request_file
+from qbq.payload import LegacyPayload, NativePayload
+from qbq.planning import BatchPlan, plan_batches
+from qbq.reduce import StoredBatch, reduce_results, to_legacy
+from qbq.request import parse_request
+from qbq.settings import GradingPolicy, QbqSettings
+from qbq.store import BatchSpec, Store
+from qbq.store import repository as repo
+from qbq.wiring import get_http_client
+
+__all__ = ["Prepared", "collect", "finalize", "prepare", "register"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    request: GradingRequest
+    plan: BatchPlan
+
+
+def _fetcher(settings: QbqSettings) -> Fetcher:
+    return fetch_image(get_http_client(settings))
+
+
+def prepare(source: dict[str, Any] | str | Path, *, settings: QbqSettings,
+            policy: GradingPolicy, base_dir: Path | None = None) -> Prepared:
+    """Validate, measure and plan a request given as a decoded object or a file path."""
+    if isinstance(source, dict):
+        request = load_request(parse_request(source), base_dir=base_dir or Path.cwd(),
+                               settings=settings, fetch=_fetcher(settings))
+    else:
+        request = load_request_file(Path(source), settings=settings, fetch=_fetcher(settings))
+    return Prepared(request, plan_batches(request, policy))
+
+
+def payload_format(request: GradingRequest, settings: QbqSettings) -> Literal["native", "legacy"]:
+    if settings.payload_format != "auto":
+        return settings.payload_format
+    return request.source_format
+
+
+def register(store: Store, prepared: Prepared, settings: QbqSettings) -> None:
+    """Record the process and its batches (idempotent: a rerun finds them in place)."""
+    request, plan = prepared.request, prepared.plan
+    with store.transaction() as session:
+        repo.ensure_process(
+            session,
+            process_id=plan.process_id,
+            assessment_id=request.assessment_id,
+            model=request.model,
+            request_hash=request.request_hash(),
+            payload_format=payload_format(request, settings),
+            n_students=len(request.students),
+            n_batches=len(plan.batches),
+        )
+        repo.ensure_batches(session, plan.process_id, [
+            BatchSpec(b.idempotency_key, b.index, b.refs, b.prompt_tokens,
+                      b.max_completion_tokens, request.model)
+            for b in plan.batches
+        ])
+        process = repo.get_process(session, plan.process_id)
+        if process is not None and process.status != "completed":
+            repo.set_process_status(session, plan.process_id, "grading")
+
+
+def collect(store: Store, plan: BatchPlan) -> dict[str, StoredBatch]:
+    with store.transaction() as session:
+        rows = repo.get_batches(session, [b.idempotency_key for b in plan.batches])
+        return {
+            key: StoredBatch(
+                status=row.status,
+                result=row.result,
+                error_type=row.error_type,
+                error_detail=row.error_detail,
+                model_calls=int((row.result or {}).get("model_calls", 0)),
+                prompt_tokens=row.prompt_tokens or 0,
+                cached_tokens=row.cached_tokens or 0,
+                completion_tokens=row.completion_tokens or 0,
+            )
+            for key, row in rows.items()
+        }
+
+
+def build_payload(prepared: Prepared, batches: dict[str, StoredBatch], *,
+                  policy: GradingPolicy, settings: QbqSettings
+                  ) -> tuple[NativePayload, NativePayload | LegacyPayload]:
+    """The native payload and the one to deliver (legacy for legacy requests by default)."""
+    native = reduce_results(prepared.request, prepared.plan, batches, policy)
+    if payload_format(prepared.request, settings) == "legacy":
+        return native, to_legacy(native, prepared.request)
+    return native, native
+
+
+def delivery_key(process_id: str) -> str:
+    return f"{process_id}/results"
+
+
+def finalize(store: Store, prepared: Prepared, *, policy: GradingPolicy,
+             settings: QbqSettings) -> NativePayload:
+    """Reduce, then mark the process done and queue the payload in the same transaction."""
+    native, outgoing = build_payload(prepared, collect(store, prepared.plan), policy=policy,
+                                     settings=settings)
+    body = json.loads(outgoing.model_dump_json())
+    with store.transaction() as session:
+        repo.complete_process(
+            session,
+            prepared.plan.process_id,
+            status="completed" if native.status == "success" else "failed",
+            summary=native.summary.model_dump(mode="json"),
+            payload=body if settings.results_api_url else None,
+            target_url=settings.results_api_url,
+            delivery_key=delivery_key(prepared.plan.process_id),
+        )
+    return native

@@ -1,0 +1,229 @@
+"""Grading requests on the wire: the native model and the legacy model of the replaced system.
+
+Parsing is strict (`extra="forbid"`) and every problem is reported with the field it concerns;
+`qbq.loading` turns a parsed request into a `GradingRequest` with measured pages.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from qbq.errors import RequestValidationError
+
+__all__ = [
+    "LegacyImage",
+    "LegacyQuestion",
+    "LegacyRequest",
+    "NativeRequest",
+    "PageIn",
+    "QuestionIn",
+    "StudentIn",
+    "parse_request",
+    "parse_request_json",
+    "request_problems",
+]
+
+_STRICT = ConfigDict(extra="forbid", str_strip_whitespace=True)
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class PageIn(BaseModel):
+    """One page image: exactly one of a local path, an http(s) URL or a data URI."""
+
+    model_config = _STRICT
+
+    path: str | None = None
+    url: str | None = None
+    data_uri: str | None = None
+    id: NonEmpty | None = None
+    width: Annotated[int, Field(gt=0)] | None = None
+    height: Annotated[int, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PageIn:
+        given = [k for k in ("path", "url", "data_uri") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("a page needs exactly one of path, url or data_uri")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must be http(s)")
+        if self.data_uri is not None and not self.data_uri.startswith("data:image/"):
+            raise ValueError("data_uri must start with data:image/")
+        if self.url is not None and self.id is None:
+            raise ValueError(
+                "a url page needs an id: URLs (often presigned) change between requests, "
+                "so qbq keys batches on page ids, never on URLs"
+            )
+        if (self.width is None) != (self.height is None):
+            raise ValueError("give both width and height, or neither")
+        return self
+
+
+class QuestionIn(BaseModel):
+    model_config = _STRICT
+
+    question_number: NonEmpty
+    max_mark: float
+    rubric: str | None = None
+
+
+class StudentIn(BaseModel):
+    model_config = _STRICT
+
+    ref: NonEmpty
+    pages: list[PageIn]
+
+
+class NativeRequest(BaseModel):
+    """qbq's own request format."""
+
+    model_config = _STRICT
+
+    assessment_id: NonEmpty
+    model: NonEmpty
+    instructions: str | None = None
+    questions: list[QuestionIn]
+    model_answer_pages: list[PageIn] = Field(default_factory=list)
+    students: list[StudentIn]
+
+
+class LegacyImage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: int
+    page_number: int
+    aws_path: NonEmpty
+
+
+class LegacyQuestion(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    question_number: NonEmpty
+    max_mark: float
+
+
+class LegacyRequest(BaseModel):
+    """The request of the system qbq replaces (its images are ordered student by student)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    external_assessment_id: int
+    external_assessment_settings_id: int
+    external_assessment_file_id: int
+    pages_per_student: Annotated[int, Field(gt=0)]
+    prompt: str | None = None
+    images: list[LegacyImage]
+    model_assessment: list[str] | None = None
+    question_list: list[LegacyQuestion]
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "request"
+
+
+def _pydantic_problems(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        problems.append(f"{_loc(tuple(err['loc']))}: {msg}")
+    return problems
+
+
+def _duplicates(values: list[str]) -> dict[str, list[int]]:
+    seen: dict[str, list[int]] = {}
+    for i, value in enumerate(values):
+        seen.setdefault(value, []).append(i)
+    return {v: idx for v, idx in seen.items() if len(idx) > 1}
+
+
+def request_problems(req: NativeRequest) -> list[str]:
+    """Cross-field problems pydantic cannot see field by field."""
+    problems: list[str] = []
+    if not req.students:
+        problems.append("students: no students to grade")
+    if not req.questions:
+        problems.append("questions: no questions")
+    for i, q in enumerate(req.questions):
+        if not q.max_mark > 0:
+            problems.append(f"questions[{i}].max_mark: must be > 0, got {q.max_mark}")
+    for qnum, idx in _duplicates([q.question_number for q in req.questions]).items():
+        problems.append(f"questions: duplicate question_number {qnum!r} at positions {idx}")
+    for ref, idx in _duplicates([s.ref for s in req.students]).items():
+        problems.append(f"students: duplicate ref {ref!r} at positions {idx}")
+    for i, s in enumerate(req.students):
+        if not s.pages:
+            problems.append(f"students[{i}].pages: student {s.ref!r} has no pages")
+    ids = [
+        (p.id, f"students[{i}].pages[{j}]")
+        for i, s in enumerate(req.students)
+        for j, p in enumerate(s.pages)
+        if p.id is not None
+    ]
+    ids += [(p.id, f"model_answer_pages[{j}]") for j, p in enumerate(req.model_answer_pages) if p.id]
+    first_seen: dict[str, str] = {}
+    for page_id, where in ids:
+        if page_id is None:
+            continue
+        if page_id in first_seen:
+            problems.append(f"{where}.id: duplicate page id {page_id!r} (also {first_seen[page_id]})")
+        else:
+            first_seen[page_id] = where
+    return problems
+
+
+def legacy_problems(req: LegacyRequest) -> list[str]:
+    problems: list[str] = []
+    if not req.images:
+        problems.append("images: no images, so no students to grade")
+    elif len(req.images) % req.pages_per_student:
+        problems.append(
+            f"images: {len(req.images)} images is not a multiple of "
+            f"pages_per_student={req.pages_per_student}"
+        )
+    if not req.question_list:
+        problems.append("question_list: no questions")
+    for i, q in enumerate(req.question_list):
+        if not q.max_mark > 0:
+            problems.append(f"question_list[{i}].max_mark: must be > 0, got {q.max_mark}")
+    for qnum, idx in _duplicates([q.question_number for q in req.question_list]).items():
+        problems.append(f"question_list: duplicate question_number {qnum!r} at positions {idx}")
+    for page_id, idx in _duplicates([str(im.id) for im in req.images]).items():
+        problems.append(f"images: duplicate image id {page_id} at positions {idx}")
+    return problems
+
+
+def _is_legacy(data: dict[str, Any]) -> bool:
+    return "external_assessment_id" in data or "question_list" in data
+
+
+def parse_request(data: Any) -> NativeRequest | LegacyRequest:
+    """Validate a decoded request (native or legacy); raise RequestValidationError listing all."""
+    if not isinstance(data, dict):
+        raise RequestValidationError([f"request: must be a JSON object, got {type(data).__name__}"])
+    model: type[NativeRequest] | type[LegacyRequest] = (
+        LegacyRequest if _is_legacy(data) else NativeRequest
+    )
+    try:
+        req = model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(_pydantic_problems(exc)) from exc
+    problems = legacy_problems(req) if isinstance(req, LegacyRequest) else request_problems(req)
+    if problems:
+        raise RequestValidationError(problems)
+    return req
+
+
+def parse_request_json(text: str | bytes) -> NativeRequest | LegacyRequest:
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestValidationError([f"request: malformed JSON ({exc})"]) from exc
+    return parse_request(data)
+
+
+RequestFormat = Literal["native", "legacy"]

@@ -1,0 +1,157 @@
+"""The store's engine and transactions: SQLite (WAL, one writer at a time) or PostgreSQL.
+
+`Store.migrate()` brings the schema to the newest Alembic revision; `Store.transaction()` is the
+one place a transaction is committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from qbq.settings import QbqSettings
+from qbq.store.models import StoreMetaRow
+
+__all__ = ["MIGRATION_LOCK_ID", "Store", "alembic_config", "migration_connection"]
+
+#: PostgreSQL advisory lock key that serialises concurrent migrations ("qbq" + 0x0001).
+MIGRATION_LOCK_ID = 0x71627100_0001
+
+_HERE = Path(__file__).resolve().parent
+_SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic config pointing at the packaged migrations (no ini file needed)."""
+    cfg = Config(str(_HERE / "alembic.ini"))
+    cfg.set_main_option("script_location", str(_HERE / "migrations"))
+    if url is not None:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+@contextmanager
+def migration_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction that holds the migration lock; commits on success.
+
+    PostgreSQL: a transaction-scoped advisory lock, so concurrent callers wait their turn and
+    then find the schema current. SQLite: `BEGIN IMMEDIATE` already excludes other writers;
+    foreign keys are off meanwhile, as batch-mode table rebuilds need.
+    """
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            _sqlite_pragma(conn, "PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_ID)))
+                yield conn
+        finally:
+            if sqlite:
+                _sqlite_pragma(conn, "PRAGMA foreign_keys=ON")
+
+
+def _sqlite_pragma(conn: Connection, pragma: str) -> None:
+    """Run a pragma on the driver connection, outside any SQLAlchemy transaction."""
+    driver = conn.connection.driver_connection
+    if driver is None:  # pragma: no cover - a checked-out connection always has one
+        raise RuntimeError("no driver connection")
+    driver.execute(pragma)
+
+
+class Store:
+    """The database behind qbq: an engine, a session factory, migrations and transactions."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _create_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._instance_id: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: QbqSettings) -> Store:
+        """The store named by `settings.database_url`."""
+        return cls(settings.database_url)
+
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return self.engine.dialect.name
+
+    def migrate(self) -> None:
+        """Upgrade the schema to the newest revision; idempotent and safe to call concurrently."""
+        cfg = alembic_config()
+        with migration_connection(self.engine) as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def instance_id(self) -> str:
+        """The random id this database got when it was created (survives restarts)."""
+        if self._instance_id is None:
+            with self.transaction() as session:
+                self._instance_id = session.scalars(select(StoreMetaRow.instance_id)).one()
+        return self._instance_id
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session in one transaction: committed when the block ends, rolled back on error.
+
+        Rows read inside stay readable after the block (no expiry on commit).
+        """
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Store({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+
+def _create_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+
+    database = parsed.database or ""
+    in_memory = database in ("", ":memory:") or "mode=memory" in database
+    kwargs: dict[str, Any] = {
+        "connect_args": {"check_same_thread": False, "timeout": _SQLITE_BUSY_TIMEOUT_S},
+    }
+    if in_memory:
+        kwargs["poolclass"] = StaticPool
+    elif not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the sqlite3 module: SQLAlchemy emits BEGIN itself.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_TIMEOUT_S * 1000)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout
+        # instead of failing when a read lock cannot be upgraded.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
