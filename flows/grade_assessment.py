@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
-from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
@@ -28,7 +28,7 @@ __all__ = ["grade_assessment"]
 
 @flow(
     name="grade-assessment",
-    task_runner=ThreadPoolTaskRunner(max_workers=get_settings().max_in_flight),
+    task_runner=cast(Any, ThreadPoolTaskRunner(max_workers=get_settings().max_in_flight)),
     log_prints=False,
 )
 def grade_assessment(
@@ -58,19 +58,17 @@ def grade_assessment(
     register_task(prepared, settings)
 
     total = len(plan.batches)
-    artifact_id = create_progress_artifact(progress=0.0, key=None,
+    artifact_id = create_progress_artifact(progress=0.0,
                                            description=f"batches graded of {total}")
     futures = grade_batch_task.map(plan.batches, unmapped(quote(prepared)), unmapped(settings),
                                    unmapped(policy))
-    done = 0
-    for future in as_completed(futures):
-        done += 1
-        state: State[Any] = future.state
+    for done, future in enumerate(as_completed(futures), start=1):
+        state = future.state
         outcome = future.result(raise_on_failure=False) if state.is_completed() else None
         from_store = isinstance(outcome, BatchOutcome) and outcome.from_store
         publish(BatchProgress(plan.process_id, done, total,
                               "succeeded" if state.is_completed() else "failed", from_store))
-        update_progress_artifact(artifact_id, progress=100.0 * done / total)
+        update_progress_artifact(cast(UUID, artifact_id), progress=100.0 * done / total)
 
     native = finalize_task(prepared, settings, policy)
     summary = native.summary.model_dump(mode="json")

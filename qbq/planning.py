@@ -17,6 +17,7 @@ from qbq.domain import GradingRequest, Page, Student
 from qbq.errors import PlanningError
 from qbq.prompts import (
     PROMPT_VERSION,
+    Detail,
     PromptQuestion,
     build_messages,
     response_format,
@@ -31,7 +32,7 @@ __all__ = ["BatchPlan", "PlannedBatch", "batch_key", "plan_batches", "prompt_que
 _REPLY_ENVELOPE_TOKENS = 8
 #: JSON punctuation and field names around one image part or text part in the request body.
 _PART_OVERHEAD_BYTES = 64
-_DETAIL = "high"
+_DETAIL: Detail = "high"
 
 
 @dataclass(frozen=True, slots=True)

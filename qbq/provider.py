@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import openai
 
@@ -133,8 +133,9 @@ class OpenAIChatProvider:
         try:
             raw = self._client.chat.completions.with_raw_response.create(
                 model=model,
-                messages=messages,  # type: ignore[arg-type]
-                response_format=response_format,  # type: ignore[arg-type]
+                # qbq builds plain dicts; the SDK's TypedDicts describe the same JSON.
+                messages=cast(Any, messages),
+                response_format=cast(Any, response_format),
                 max_completion_tokens=max_completion_tokens,
             )
             completion = raw.parse()

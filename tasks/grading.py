@@ -10,8 +10,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from qbq import pipeline
-from qbq.errors import GradingFailedError
 from qbq.delivery import DeliveryReport, drain_outbox
+from qbq.errors import GradingFailedError
 from qbq.grading import BatchOutcome, GradingDeps, grade_batch
 from qbq.payload import NativePayload
 from qbq.planning import PlannedBatch

@@ -7,9 +7,8 @@ Create Date: 2025-01-01
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import uuid
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
