@@ -10,12 +10,10 @@ import os
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import StatementError
@@ -45,51 +43,14 @@ from qbq.store import (
     record_batch_success,
     set_process_status,
 )
+from tests.support import PgServer, require_pg
 
-PG_ADMIN_URL = os.environ.get("QBQ_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parents[2]
 
 DIALECTS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
 ]
-
-
-# --- fixtures --------------------------------------------------------------------------------
-
-
-class PgServer:
-    """Creates and drops throwaway databases on the test server."""
-
-    def __init__(self, admin_url: str) -> None:
-        self.admin_url = admin_url
-        self.created: list[str] = []
-
-    def create(self) -> str:
-        name = f"qbq_test_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        self.created.append(name)
-        info = psycopg.conninfo.conninfo_to_dict(self.admin_url)
-        host, port, user = info.get("host"), info.get("port", 5432), info.get("user")
-        return f"postgresql+psycopg://{user}@{host}:{port}/{name}"
-
-    def drop_all(self) -> None:
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            for name in self.created:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer | None]:
-    try:
-        psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
-    except psycopg.OperationalError:
-        yield None
-        return
-    server = PgServer(PG_ADMIN_URL)
-    yield server
-    server.drop_all()
 
 
 @pytest.fixture(scope="session")
@@ -104,18 +65,12 @@ def pg_session_url(pg_server: PgServer | None) -> str | None:
     return url
 
 
-def _require_pg(server: PgServer | None) -> PgServer:
-    if server is None:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}")
-    return server
-
-
 @pytest.fixture(params=DIALECTS)
 def fresh_url(request: pytest.FixtureRequest, tmp_path: Path, pg_server: PgServer | None) -> str:
     """The URL of an empty, never migrated database."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'nested' / 'dir' / 'qbq.db'}"
-    return _require_pg(pg_server).create()
+    return require_pg(pg_server).create()
 
 
 @pytest.fixture(params=DIALECTS)
@@ -130,7 +85,7 @@ def store(
         s = Store(f"sqlite:///{tmp_path / 'qbq.db'}")
         s.migrate()
     else:
-        _require_pg(pg_server)
+        require_pg(pg_server)
         assert pg_session_url is not None
         s = Store(pg_session_url)
         with s.transaction() as session:
