@@ -69,12 +69,12 @@ def _marks_table(payload: NativePayload, limit: int | None = None) -> Table:
 
 def _preflight(request_path: Path) -> Any:
     """Validate, measure and plan before starting Prefect, so bad input costs nothing."""
-    from qbq import pipeline
+    from qbq.preparation import prepare
     from qbq.provider import make_openai_client
 
     settings = get_settings()
     with _input_errors():
-        prepared = pipeline.prepare(request_path, settings=settings, policy=GradingPolicy())
+        prepared = prepare(request_path, settings=settings, policy=GradingPolicy())
         make_openai_client(timeout_s=settings.request_timeout_s)  # fails fast without a key
     return prepared
 
@@ -136,10 +136,10 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Show how a request would be batched: batches, tokens and estimated cost."""
-    from qbq import pipeline
+    from qbq.preparation import prepare
 
     with _input_errors():
-        prepared = pipeline.prepare(request, settings=get_settings(), policy=GradingPolicy())
+        prepared = prepare(request, settings=get_settings(), policy=GradingPolicy())
     p = prepared.plan
     body = {
         "process_id": p.process_id,

@@ -6,44 +6,18 @@ prepare → register → (grade_batch per batch) → collect → finalize (paylo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from qbq.delivery import fetch_image
 from qbq.domain import GradingRequest
-from qbq.loading import Fetcher, load_request, load_request_file
 from qbq.payload import LegacyPayload, NativePayload
-from qbq.planning import BatchPlan, plan_batches
+from qbq.planning import BatchPlan
+from qbq.preparation import Prepared, prepare
 from qbq.reduce import StoredBatch, reduce_results, to_legacy
-from qbq.request import parse_request
 from qbq.settings import GradingPolicy, QbqSettings
 from qbq.store import BatchSpec, Store
 from qbq.store import repository as repo
-from qbq.wiring import get_http_client
 
-__all__ = ["Prepared", "collect", "finalize", "prepare", "register"]
-
-
-@dataclass(frozen=True)
-class Prepared:
-    request: GradingRequest
-    plan: BatchPlan
-
-
-def _fetcher(settings: QbqSettings) -> Fetcher:
-    return fetch_image(get_http_client(settings))
-
-
-def prepare(source: dict[str, Any] | str | Path, *, settings: QbqSettings,
-            policy: GradingPolicy, base_dir: Path | None = None) -> Prepared:
-    """Validate, measure and plan a request given as a decoded object or a file path."""
-    if isinstance(source, dict):
-        request = load_request(parse_request(source), base_dir=base_dir or Path.cwd(),
-                               settings=settings, fetch=_fetcher(settings))
-    else:
-        request = load_request_file(Path(source), settings=settings, fetch=_fetcher(settings))
-    return Prepared(request, plan_batches(request, policy))
+__all__ = ["Prepared", "build_payload", "collect", "finalize", "prepare", "register"]
 
 
 def payload_format(request: GradingRequest, settings: QbqSettings) -> Literal["native", "legacy"]:

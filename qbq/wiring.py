@@ -11,7 +11,7 @@ import threading
 
 import httpx
 
-from qbq.delivery import make_http_client
+from qbq.http import make_http_client
 from qbq.provider import ChatProvider, OpenAIChatProvider, make_openai_client
 from qbq.settings import QbqSettings
 from qbq.store import Store

@@ -1,0 +1,60 @@
+"""The HTTP adapter (httpx): the results API POST and page-image downloads.
+
+This is the only module that imports `httpx`. Clients are injected, so tests can hand them a
+transport; the results API answers a repeated `Idempotency-Key` without storing twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from qbq.errors import DeliveryError, ImageError
+
+__all__ = ["HttpClient", "fetch_image", "make_http_client", "post_results", "safe_url"]
+
+HttpClient = httpx.Client
+
+
+def make_http_client(*, timeout_s: float, token: str | None = None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=True)
+
+
+def safe_url(url: str) -> str:
+    """A URL without its query string (presigned URLs carry credentials there)."""
+    return url.split("?", 1)[0]
+
+
+def fetch_image(client: httpx.Client) -> Callable[[str], bytes]:
+    """A `Fetcher` for request loading: the bytes behind a page URL, or `ImageError`."""
+
+    def fetch(url: str) -> bytes:
+        try:
+            response = client.get(url)
+        except httpx.HTTPError as exc:
+            raise ImageError(f"cannot download {safe_url(url)}: {type(exc).__name__}") from exc
+        if response.status_code != 200:
+            raise ImageError(f"cannot download {safe_url(url)}: HTTP {response.status_code}")
+        return response.content
+
+    return fetch
+
+
+def post_results(client: httpx.Client, url: str, payload: dict[str, Any],
+                 idempotency_key: str) -> int:
+    """POST the payload once; return the status code (2xx) or raise `DeliveryError`."""
+    try:
+        response = client.post(url, content=json.dumps(payload).encode(),
+                               headers={"Idempotency-Key": idempotency_key,
+                                        "Content-Type": "application/json"})
+    except httpx.HTTPError as exc:
+        raise DeliveryError(
+            f"results API unreachable at {safe_url(url)}: {type(exc).__name__}") from exc
+    if not 200 <= response.status_code < 300:
+        raise DeliveryError(f"results API answered {response.status_code}",
+                            status_code=response.status_code)
+    return response.status_code
