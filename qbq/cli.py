@@ -70,12 +70,12 @@ def _marks_table(payload: NativePayload, limit: int | None = None) -> Table:
 def _preflight(request_path: Path) -> Any:
     """Validate, measure and plan before starting Prefect, so bad input costs nothing."""
     from qbq.preparation import prepare
-    from qbq.provider import make_openai_client
+    from qbq.wiring import get_provider
 
     settings = get_settings()
     with _input_errors():
         prepared = prepare(request_path, settings=settings, policy=GradingPolicy())
-        make_openai_client(timeout_s=settings.request_timeout_s)  # fails fast without a key
+        get_provider(settings)  # fails fast without an API key
     return prepared
 
 

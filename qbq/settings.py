@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["GradingPolicy", "QbqSettings", "get_settings"]
@@ -69,8 +69,23 @@ class QbqSettings(BaseSettings):
     results_api_url: str | None = Field(
         None, description="Full URL the results payload is POSTed to. None: no delivery."
     )
-    results_api_token: str | None = Field(
+    results_api_token: SecretStr | None = Field(
         None, description="Bearer token sent to the results API, if it needs one."
+    )
+    openai_api_key: SecretStr | None = Field(
+        None, description="API key for the model provider; None: the SDK reads OPENAI_API_KEY."
+    )
+    openai_base_url: str | None = Field(
+        None, description="Provider base URL; None: the SDK reads OPENAI_BASE_URL (or OpenAI)."
+    )
+    openai_organization: str | None = Field(None, description="OpenAI organization id.")
+    rpm: int | None = Field(
+        None, gt=0, description="Requests per minute allowed for this API key (shared by all "
+        "workers). Required to grade: a missing limit never means unthrottled."
+    )
+    tpm: int | None = Field(
+        None, gt=0, description="Tokens per minute allowed for this API key (prompt tokens + "
+        "max_completion_tokens are charged up front, as OpenAI does)."
     )
     default_model: str = Field(
         "gpt-4.1-mini", description="Model for requests that do not name one (legacy requests)."

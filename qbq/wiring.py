@@ -20,7 +20,7 @@ __all__ = ["get_http_client", "get_provider", "get_store", "store_fingerprint"]
 
 _lock = threading.Lock()
 _stores: dict[str, Store] = {}
-_providers: dict[tuple[str | None, float], ChatProvider] = {}
+_providers: dict[tuple[str | None, str | None, str | None, float], ChatProvider] = {}
 _http: dict[tuple[float, str | None], httpx.Client] = {}
 
 
@@ -45,21 +45,26 @@ def store_fingerprint(settings: QbqSettings) -> str:
 
 def get_provider(settings: QbqSettings) -> ChatProvider:
     """The OpenAI provider; OPENAI_API_KEY / OPENAI_BASE_URL come from the environment."""
-    key = (os.environ.get("OPENAI_BASE_URL"), settings.request_timeout_s)
+    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    base_url = settings.openai_base_url or os.environ.get("OPENAI_BASE_URL")
+    key = (base_url, api_key, settings.openai_organization, settings.request_timeout_s)
     with _lock:
         provider = _providers.get(key)
         if provider is None:
-            provider = OpenAIChatProvider(make_openai_client(timeout_s=settings.request_timeout_s))
+            client = make_openai_client(api_key=api_key, base_url=base_url,
+                                        organization=settings.openai_organization,
+                                        timeout_s=settings.request_timeout_s)
+            provider = OpenAIChatProvider(client)
             _providers[key] = provider
         return provider
 
 
 def get_http_client(settings: QbqSettings) -> httpx.Client:
-    key = (settings.delivery_timeout_s, settings.results_api_token)
+    token = settings.results_api_token.get_secret_value() if settings.results_api_token else None
+    key = (settings.delivery_timeout_s, token)
     with _lock:
         client = _http.get(key)
         if client is None:
-            client = make_http_client(timeout_s=settings.delivery_timeout_s,
-                                      token=settings.results_api_token)
+            client = make_http_client(timeout_s=settings.delivery_timeout_s, token=token)
             _http[key] = client
         return client
