@@ -70,12 +70,13 @@ def _marks_table(payload: NativePayload, limit: int | None = None) -> Table:
 def _preflight(request_path: Path) -> Any:
     """Validate, measure and plan before starting Prefect, so bad input costs nothing."""
     from qbq.preparation import prepare
-    from qbq.wiring import get_provider
+    from qbq.wiring import get_limiter, get_provider
 
     settings = get_settings()
     with _input_errors():
         prepared = prepare(request_path, settings=settings, policy=GradingPolicy())
         get_provider(settings)  # fails fast without an API key
+        get_limiter(settings)  # ... and without rate limits
     return prepared
 
 

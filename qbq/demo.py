@@ -43,6 +43,10 @@ def run_demo(out: Path, *, students: int, pages: int, questions: int, batch_size
             "QBQ_RESULTS_API_URL": f"{receiver.url}/results",
             "QBQ_DATABASE_URL": f"sqlite:///{(out / 'qbq.db').resolve()}",
             "QBQ_MAX_STUDENTS_PER_BATCH": str(batch_size),
+            # Limits of a typical paid tier; the simulator itself is unlimited in the demo.
+            "QBQ_RPM": os.environ.get("QBQ_RPM", "500"),
+            "QBQ_TPM": os.environ.get("QBQ_TPM", "2000000"),
+            "QBQ_LIMITER_DIR": str((out / "limiter").resolve()),
         })
         console.rule("[bold yellow]qbq demo — SIMULATED grades from the local OpenAI simulator")
         console.print(f"simulator {sim.url}/v1 · receiver {receiver.url}/results · "

@@ -12,6 +12,7 @@
     │   ├── ProviderUnavailableError   HTTP 5xx
     │   ├── ProviderTimeoutError       no answer within the client timeout
     │   ├── ProviderConnectionError    the connection failed or dropped
+    │   ├── ProviderDownError          the circuit breaker gave up on the provider (not retried)
     │   └── ProviderRequestError       HTTP 4xx other than 429: our request is wrong (not retried)
     ├── ResponseError              the provider answered, but the answer is unusable
     │   ├── ResponseShapeError         not JSON, or not the expected envelope
@@ -20,6 +21,7 @@
     │   ├── TruncatedResponseError     finish_reason "length"
     │   └── RefusalError               the model refused
     ├── GradingFailedError         a batch could not be graded after its attempts
+    │   └── RetryBudgetExhaustedError  the run's retry budget (attempts, tokens) is spent
     └── DeliveryError              the results API refused or could not be reached
 """
 
@@ -33,6 +35,7 @@ __all__ = [
     "InputError",
     "PlanningError",
     "ProviderConnectionError",
+    "ProviderDownError",
     "ProviderError",
     "ProviderRequestError",
     "ProviderTimeoutError",
@@ -45,6 +48,7 @@ __all__ = [
     "ResponseRuleError",
     "ResponseSchemaError",
     "ResponseShapeError",
+    "RetryBudgetExhaustedError",
     "TruncatedResponseError",
     "UnknownModelError",
 ]
@@ -130,6 +134,12 @@ class ProviderConnectionError(ProviderError):
     """The connection to the provider failed or dropped."""
 
 
+class ProviderDownError(ProviderError):
+    """The provider failed too long in a row; the circuit breaker stopped calling it."""
+
+    transient = False
+
+
 class ProviderRequestError(ProviderError):
     """HTTP 4xx other than 429: the request itself is wrong, so retrying cannot help."""
 
@@ -181,6 +191,10 @@ class GradingFailedError(QbqError):
     """A batch could not be graded; the last underlying error is the cause."""
 
     stage = "grade"
+
+
+class RetryBudgetExhaustedError(GradingFailedError):
+    """The run spent its retry budget; the students not yet graded fail with this reason."""
 
 
 class DeliveryError(QbqError):

@@ -1,20 +1,28 @@
-"""`grade_batch`: one batch through the model, with retries, re-asks and every step recorded.
+"""`grade_batch`: one planned batch through the model, with every fault turned into a grade or a
+reasoned failure, and every step recorded.
 
-Retries live here and only here (the SDK's and Prefect's are off): transient provider errors
-back off exponentially with full jitter and honour `retry-after`; an invalid reply is asked again
-with the validation errors; what still fails is stored as a reasoned failure per student.
+Retries live here and only here (the SDK's and Prefect's are off):
+- transient provider errors back off exponentially with full jitter; a 429 pauses every sender
+  of the key through the shared limiter until its `retry-after`;
+- an invalid reply is asked again with the validation errors, for the students still missing;
+  what stays invalid fails only the offending students;
+- a truncated reply splits the students in two (recursively, down to one) and the smaller size
+  is remembered for the rest of the run;
+- a refusal marks the students for human review with the model's reason;
+- the circuit breaker and the retry budget bound what a bad provider day can cost.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from qbq.domain import GradingRequest, Page
+from qbq.domain import GradingRequest, Page, Student
 from qbq.errors import (
     ImageError,
     ProviderError,
@@ -23,18 +31,23 @@ from qbq.errors import (
     RefusalError,
     ResponseError,
     ResponseRuleError,
+    RetryBudgetExhaustedError,
     TruncatedResponseError,
 )
 from qbq.images import encode_data_uri, inspect_image
+from qbq.limiter import RateLimiter
 from qbq.planning import PlannedBatch, prompt_questions
 from qbq.prompts import StudentPages, build_messages, response_format
 from qbq.provider import ChatProvider, ChatReply
-from qbq.response import CheckedReply, check_reply, parse_reply, rule_error
+from qbq.recovery import RunGuards
+from qbq.response import StudentOut, check_reply, parse_reply
 from qbq.settings import GradingPolicy
 from qbq.store import Store
 from qbq.store import repository as repo
 
 __all__ = ["BatchOutcome", "GradingDeps", "backoff_delay", "grade_batch", "page_url"]
+
+log = logging.getLogger("qbq.grading")
 
 BatchStatus = Literal["succeeded", "failed"]
 
@@ -66,6 +79,8 @@ class GradingDeps:
     provider: ChatProvider
     store: Store
     policy: GradingPolicy
+    guards: RunGuards
+    limiter: RateLimiter | None
     keep_raw_responses: bool = False
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
@@ -82,12 +97,10 @@ def page_url(page: Page) -> str:
     return encode_data_uri(data, inspect_image(data, what=page.image_id).mime)
 
 
-def backoff_delay(attempt: int, policy: GradingPolicy, rng: random.Random,
-                  retry_after: float | None) -> float:
-    """Full-jitter exponential backoff, never shorter than the provider's `retry-after`."""
+def backoff_delay(attempt: int, policy: GradingPolicy, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(max, base·2^(attempt-1))]."""
     ceiling = min(policy.backoff_max_s, policy.backoff_base_s * 2 ** (attempt - 1))
-    delay = rng.uniform(0, ceiling)
-    return max(delay, retry_after) if retry_after is not None else delay
+    return rng.uniform(0, ceiling)
 
 
 @dataclass
@@ -111,128 +124,238 @@ class _Tally:
         self.last_raw = reply.content
 
 
+@dataclass
+class _Graded:
+    """Valid students and reasoned failures of a group of students."""
+
+    valid: dict[str, StudentOut] = field(default_factory=dict)
+    failures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    last_error: QbqError | None = None
+
+    def merge(self, other: _Graded) -> None:
+        self.valid.update(other.valid)
+        self.failures.update(other.failures)
+        self.last_error = other.last_error or self.last_error
+
+    def fail(self, refs: Sequence[str], error: QbqError, reason: str | None = None) -> None:
+        for ref in refs:
+            self.failures[ref] = {"reason": (reason or error.message)[:500],
+                                  "error_type": error.error_type,
+                                  "needs_review": isinstance(error, RefusalError)}
+        self.last_error = error
+
+
+class _BatchRun:
+    """Grades the students of one planned batch; every model call goes through `_call`."""
+
+    def __init__(self, batch: PlannedBatch, request: GradingRequest, deps: GradingDeps) -> None:
+        self.batch = batch
+        self.request = request
+        self.deps = deps
+        self.key = batch.idempotency_key
+        self.tally = _Tally()
+        self.max_marks = request.max_marks
+        self._answer_urls = [page_url(p) for p in request.model_answer_pages]
+        self._page_urls: dict[str, list[str]] = {}
+        self._first_call = True
+
+    # -- one request -----------------------------------------------------------------------
+
+    def _messages(self, students: Sequence[Student], correction: str | None) -> list[dict[str, Any]]:
+        pages = [StudentPages(s.ref, self._urls(s)) for s in students]
+        return build_messages(instructions=self.request.instructions,
+                              questions=prompt_questions(self.request),
+                              model_answer_urls=self._answer_urls, students=pages,
+                              correction=correction)
+
+    def _urls(self, student: Student) -> list[str]:
+        if student.ref not in self._page_urls:
+            self._page_urls[student.ref] = [page_url(p) for p in student.pages]
+        return self._page_urls[student.ref]
+
+    def _cost(self) -> int:
+        """Tokens to reserve: the planned estimate (an upper bound for any subset of the batch;
+        `settle` gives back what the provider did not charge)."""
+        return self.batch.prompt_tokens + self.batch.max_completion_tokens
+
+    def _call(self, students: Sequence[Student], correction: str | None) -> ChatReply:
+        deps = self.deps
+        cost = self._cost()
+        if not self._first_call:
+            deps.guards.budget.spend(cost)
+        self._first_call = False
+        deps.guards.breaker.before_call()
+        reservation = deps.limiter.acquire(cost) if deps.limiter else None
+        self.tally.attempts += 1
+        try:
+            reply = deps.provider.complete(
+                model=self.request.model,
+                messages=self._messages(students, correction),
+                response_format=response_format([s.ref for s in students], list(self.max_marks)),
+                max_completion_tokens=self.batch.max_completion_tokens,
+            )
+        except ProviderError as exc:
+            deps.guards.breaker.record_failure()
+            if isinstance(exc, RateLimitedError) and deps.limiter is not None:
+                deps.limiter.cool_down(exc.retry_after if exc.retry_after is not None else
+                                       backoff_delay(1, deps.policy, deps.rng))
+            raise
+        deps.guards.breaker.record_success()
+        self.tally.add(reply)
+        if deps.limiter is not None and reservation is not None:
+            charged = reply.prompt_tokens + self.batch.max_completion_tokens
+            deps.limiter.settle(reservation, charged if reply.prompt_tokens else None,
+                                reply.rate_headers)
+        return reply
+
+    def _record(self, exc: QbqError) -> None:
+        with self.deps.store.transaction() as session:
+            repo.record_attempt_error(session, self.key, attempt=self.tally.attempts,
+                                      error_type=exc.error_type, stage=exc.stage,
+                                      detail=exc.message[:500])
+        log.info("batch %d attempt %d failed: %s", self.batch.index, self.tally.attempts,
+                 exc.error_type)
+
+    # -- a group of students -----------------------------------------------------------------
+
+    def grade(self, students: Sequence[Student]) -> _Graded:
+        """Grade `students`, splitting to the run's known-good size first."""
+        limit = self.deps.guards.size_hint.get()
+        if limit is not None and len(students) > limit:
+            out = _Graded()
+            for i in range(0, len(students), limit):
+                out.merge(self.grade(students[i : i + limit]))
+            return out
+        return self._grade_group(students)
+
+    def _grade_group(self, students: Sequence[Student]) -> _Graded:
+        out = _Graded()
+        pending = list(students)
+        transient = 0
+        reasks = 0
+        correction: str | None = None
+        while pending:
+            refs = [s.ref for s in pending]
+            try:
+                reply = self._call(pending, correction)
+                parsed = parse_reply(reply.content, finish_reason=reply.finish_reason,
+                                     refusal=reply.refusal)
+                checked = check_reply(parsed, refs, self.max_marks)
+                out.valid.update(checked.valid)
+                pending = [s for s in pending if s.ref not in checked.valid]
+                if not pending:
+                    break
+                problems = [p for ref in refs if ref in checked.problems
+                            for p in checked.problems[ref]]
+                raise ResponseRuleError(problems, offending_refs=set(checked.problems) - {"*"},
+                                        body=reply.content)
+            except RetryBudgetExhaustedError as exc:
+                self._record(exc)
+                out.fail(refs, exc)
+                return out
+            except ProviderError as exc:
+                self._record(exc)
+                transient += 1
+                if not exc.transient or transient >= self.deps.policy.max_attempts:
+                    out.fail(refs, exc)
+                    return out
+                if not isinstance(exc, RateLimitedError):  # 429s wait in the shared limiter
+                    self.deps.sleep(backoff_delay(transient, self.deps.policy, self.deps.rng))
+            except TruncatedResponseError as exc:
+                self._record(exc)
+                if len(pending) == 1:
+                    out.fail(refs, exc, "the reply was cut off even for this student alone")
+                    return out
+                half = (len(pending) + 1) // 2
+                self.deps.guards.size_hint.shrink_to(half)
+                log.info("batch %d: reply truncated; splitting %d students into %d + %d",
+                         self.batch.index, len(pending), half, len(pending) - half)
+                out.merge(self.grade(pending[:half]))
+                out.merge(self.grade(pending[half:]))
+                return out
+            except RefusalError as exc:
+                self._record(exc)
+                out.fail(refs, exc, f"the model refused; needs human review: {exc.message}")
+                return out
+            except ResponseError as exc:
+                self._record(exc)
+                if reasks >= self.deps.policy.reasks:
+                    reasons = _reasons(exc)
+                    for ref in refs:
+                        out.fail([ref], exc, reasons.get(ref))
+                    return out
+                reasks += 1
+                correction = _correction(exc)
+        return out
+
+
+def _reasons(exc: ResponseError) -> dict[str, str]:
+    """Per-student reasons from a rule error (each problem line starts with its ref)."""
+    if not isinstance(exc, ResponseRuleError):
+        return {}
+    reasons: dict[str, str] = {}
+    for problem in exc.problems:
+        for ref in exc.offending_refs:
+            if ref in problem:
+                reasons[ref] = f"{reasons[ref]}; {problem}" if ref in reasons else problem
+    return reasons
+
+
 def _correction(error: ResponseError) -> str:
-    detail = error.message[:1500]
-    return (f"Your previous answer was rejected: {detail}. Answer again with JSON that follows "
-            "the schema, with every listed student exactly once and every question exactly once, "
-            "each mark between 0 and the question's max_mark.")
+    return (f"Your previous answer was rejected: {error.message[:1500]}. Answer again with JSON "
+            "that follows the schema, with every listed student exactly once and every question "
+            "exactly once, each mark between 0 and the question's max_mark.")
 
 
 def grade_batch(batch: PlannedBatch, request: GradingRequest, deps: GradingDeps) -> BatchOutcome:
     """Grade one planned batch, or return its stored result if it already succeeded."""
     key = batch.idempotency_key
     with deps.store.transaction() as session:
-        claimed = repo.claim_batch(session, key)
-        if not claimed:
+        if not repo.claim_batch(session, key):
             return BatchOutcome(batch.index, key, "succeeded", True, len(batch.students),
                                 len(batch.students))
-    refs = batch.refs
-    max_marks = request.max_marks
-    messages = build_messages(
-        instructions=request.instructions,
-        questions=prompt_questions(request),
-        model_answer_urls=[page_url(p) for p in request.model_answer_pages],
-        students=[StudentPages(s.ref, [page_url(p) for p in s.pages]) for s in batch.students],
-    )
-    fmt = response_format(refs, list(max_marks))
-    tally = _Tally()
-    transient_failures = 0
-    reasks = 0
-    last_error: QbqError | None = None
-    checked: CheckedReply | None = None
-    while True:
-        tally.attempts += 1
-        try:
-            reply = deps.provider.complete(
-                model=request.model,
-                messages=messages,
-                response_format=fmt,
-                max_completion_tokens=batch.max_completion_tokens,
-            )
-            tally.add(reply)
-            parsed = parse_reply(reply.content, finish_reason=reply.finish_reason,
-                                 refusal=reply.refusal)
-            checked = check_reply(parsed, refs, max_marks)
-            if len(checked.valid) == len(refs):
-                break
-            error = rule_error(checked, reply.content)
-            assert error is not None
-            raise error
-        except ProviderError as exc:
-            last_error = exc
-            _record_attempt(deps, key, tally.attempts, exc)
-            transient_failures += 1
-            if not exc.transient or transient_failures >= deps.policy.max_attempts:
-                break
-            retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
-            deps.sleep(backoff_delay(transient_failures, deps.policy, deps.rng, retry_after))
-        except ResponseError as exc:
-            last_error = exc
-            _record_attempt(deps, key, tally.attempts, exc)
-            if isinstance(exc, RefusalError | TruncatedResponseError) or reasks >= deps.policy.reasks:
-                break
-            reasks += 1
-            messages = [*messages[:3], {"role": "user", "content": _correction(exc)}]
-    return _finish(batch, deps, tally, checked, last_error)
+    run = _BatchRun(batch, request, deps)
+    graded = run.grade(batch.students)
+    return _finish(run, graded)
 
 
-def _record_attempt(deps: GradingDeps, key: str, attempt: int, exc: QbqError) -> None:
-    with deps.store.transaction() as session:
-        repo.record_attempt_error(session, key, attempt=attempt, error_type=exc.error_type,
-                                  stage=exc.stage, detail=exc.message[:500])
-
-
-def _finish(batch: PlannedBatch, deps: GradingDeps, tally: _Tally, checked: CheckedReply | None,
-            last_error: QbqError | None) -> BatchOutcome:
+def _finish(run: _BatchRun, graded: _Graded) -> BatchOutcome:
+    batch, deps, tally = run.batch, run.deps, run.tally
     key = batch.idempotency_key
-    valid = checked.valid if checked is not None else {}
-    failures: dict[str, dict[str, Any]] = {}
-    for ref in batch.refs:
-        if ref in valid:
-            continue
-        assert last_error is not None
-        reason = last_error.message
-        if isinstance(last_error, ResponseRuleError) and checked is not None:
-            reason = "; ".join(checked.problems.get(ref, [])) or reason
-        failures[ref] = {"reason": reason[:500], "error_type": last_error.error_type,
-                         "needs_review": isinstance(last_error, RefusalError)}
     result = {
-        "students": {ref: s.model_dump(mode="json") for ref, s in valid.items()},
-        "failures": failures,
+        "students": {ref: s.model_dump(mode="json") for ref, s in graded.valid.items()},
+        "failures": graded.failures,
         "simulated": tally.simulated,
         "model_calls": tally.calls,
     }
-    raw = tally.last_raw if deps.keep_raw_responses or failures else None
+    failed = bool(graded.failures)
+    raw = tally.last_raw if deps.keep_raw_responses or failed else None
+    usage: dict[str, Any] = {
+        "prompt_tokens": tally.prompt_tokens, "cached_tokens": tally.cached_tokens,
+        "completion_tokens": tally.completion_tokens, "latency_ms": tally.latency_ms,
+        "attempts": tally.attempts, "raw_response": raw, "result": result,
+    }
+    error = graded.last_error
     with deps.store.transaction() as session:
-        if failures:
-            assert last_error is not None
-            repo.record_batch_failure(session, key, error_type=last_error.error_type,
-                                      stage=last_error.stage, detail=last_error.message[:500],
-                                      attempts=tally.attempts, result=result,
-                                      prompt_tokens=tally.prompt_tokens,
-                                      cached_tokens=tally.cached_tokens,
-                                      completion_tokens=tally.completion_tokens,
-                                      latency_ms=tally.latency_ms, raw_response=raw)
+        if failed:
+            assert error is not None
+            repo.record_batch_failure(session, key, error_type=error.error_type,
+                                      stage=error.stage, detail=error.message[:500], **usage)
         else:
-            repo.record_batch_success(session, key, result=result,
-                                      prompt_tokens=tally.prompt_tokens,
-                                      cached_tokens=tally.cached_tokens,
-                                      completion_tokens=tally.completion_tokens,
-                                      latency_ms=tally.latency_ms, attempts=tally.attempts,
-                                      raw_response=raw)
+            repo.record_batch_success(session, key, **usage)
     return BatchOutcome(
         index=batch.index,
         idempotency_key=key,
-        status="failed" if failures else "succeeded",
+        status="failed" if failed else "succeeded",
         from_store=False,
         n_students=len(batch.students),
-        n_graded=len(valid),
+        n_graded=len(graded.valid),
         model_calls=tally.calls,
         attempts=tally.attempts,
         prompt_tokens=tally.prompt_tokens,
         cached_tokens=tally.cached_tokens,
         completion_tokens=tally.completion_tokens,
         latency_ms=tally.latency_ms,
-        error_type=last_error.error_type if failures and last_error else None,
+        error_type=error.error_type if failed and error else None,
         simulated=tally.simulated,
     )

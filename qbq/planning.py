@@ -143,10 +143,17 @@ def _page_tokens(request: GradingRequest, page: Page) -> int:
     return image_tokens(request.spec, page.width, page.height, _DETAIL)
 
 
-def plan_batches(request: GradingRequest, policy: GradingPolicy) -> BatchPlan:
-    """Greedy, order-preserving packing of students into the largest batches that fit."""
+def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
+                 max_request_tokens: int | None = None) -> BatchPlan:
+    """Greedy, order-preserving packing of students into the largest batches that fit.
+
+    `max_request_tokens` (the key's tokens-per-minute limit) caps prompt + completion tokens of
+    one request too: a request above it could never be sent.
+    """
     spec = request.spec
     budget = math.floor(spec.context_window * (1.0 - policy.context_margin))
+    if max_request_tokens is not None:
+        budget = min(budget, max_request_tokens)
     prefix_tokens, prefix_bytes = _prefix_tokens(request)
     prefix_images = len(request.model_answer_pages)
     per_student_out = (
@@ -217,7 +224,7 @@ def _too_big(request: GradingRequest, student: Student, cost: _StudentCost,
             f"needs {need:,} tokens ({prefix_tokens:,} shared prompt + {cost.prompt_tokens:,} "
             f"for its {len(student.pages)} pages + {max_out:,} completion) but {request.model} "
             f"allows {budget:,} (context window {spec.context_window:,} minus "
-            f"{policy.context_margin:.0%} margin)"
+            f"{policy.context_margin:.0%} margin, and at most the tokens-per-minute limit)"
         )
     if max_out > spec.max_output_tokens:
         reasons.append(f"expects {max_out:,} completion tokens, over the model's "

@@ -34,4 +34,4 @@ def prepare(source: dict[str, Any] | str | Path, *, settings: QbqSettings,
                                    settings=settings, fetch=fetch)
         else:
             request = load_request_file(Path(source), settings=settings, fetch=fetch)
-    return Prepared(request, plan_batches(request, policy))
+    return Prepared(request, plan_batches(request, policy, max_request_tokens=settings.tpm))

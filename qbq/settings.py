@@ -47,6 +47,22 @@ class GradingPolicy(BaseSettings):
         1.0, ge=0.0, description="First retry delay; doubles each attempt, with full jitter."
     )
     backoff_max_s: float = Field(60.0, ge=0.0, description="Longest retry delay.")
+    breaker_threshold: int = Field(
+        5, ge=1, description="Provider failures in a row that open the circuit breaker."
+    )
+    breaker_cooldown_s: float = Field(
+        10.0, ge=0.0, description="How long every sender pauses when the breaker opens."
+    )
+    breaker_give_up_s: float = Field(
+        300.0, gt=0.0, description="An outage longer than this ends the run's grading with "
+        "a clear reason instead of more retries."
+    )
+    retry_budget_attempts: int | None = Field(
+        None, ge=0, description="Retries and re-asks one run may make (None: 2 per batch + 10)."
+    )
+    retry_budget_token_ratio: float = Field(
+        1.0, ge=0.0, description="Tokens retries may spend, as a share of the planned tokens."
+    )
     min_coverage: float = Field(
         1.0, ge=0.0, le=1.0,
         description="Share of students that must be graded for the run to count as a success.",
@@ -86,6 +102,19 @@ class QbqSettings(BaseSettings):
     tpm: int | None = Field(
         None, gt=0, description="Tokens per minute allowed for this API key (prompt tokens + "
         "max_completion_tokens are charged up front, as OpenAI does)."
+    )
+    unthrottled: bool = Field(
+        False, description="Grade without rate limits (only sensible against a local simulator)."
+    )
+    limiter_backend: Literal["memory", "file", "redis", "postgres"] = Field(
+        "file", description="Where the shared limiter state lives: file (processes of one host, "
+        "no server), redis or postgres (several hosts), memory (one process)."
+    )
+    limiter_url: str | None = Field(
+        None, description="redis://... or postgresql+psycopg://... for those backends."
+    )
+    limiter_dir: str = Field(
+        "~/.cache/qbq/limiter", description="Folder of the file backend's state (one host)."
     )
     default_model: str = Field(
         "gpt-4.1-mini", description="Model for requests that do not name one (legacy requests)."

@@ -12,11 +12,11 @@ from prefect.context import TaskRunContext
 from qbq import pipeline
 from qbq.delivery import DeliveryReport, drain_outbox
 from qbq.errors import GradingFailedError
-from qbq.grading import BatchOutcome, GradingDeps, grade_batch
+from qbq.grading import BatchOutcome, grade_batch
 from qbq.payload import NativePayload
 from qbq.planning import PlannedBatch
 from qbq.settings import GradingPolicy, QbqSettings
-from qbq.wiring import get_http_client, get_provider, get_store, store_fingerprint
+from qbq.wiring import get_grading_deps, get_http_client, get_store, store_fingerprint
 
 __all__ = ["deliver_task", "finalize_task", "grade_batch_task", "prepare_task", "register_task"]
 
@@ -49,8 +49,7 @@ def grade_batch_task(batch: PlannedBatch, prepared: pipeline.Prepared, settings:
     A batch that ends with ungraded students raises, so Prefect marks it failed and never
     caches it: the next run of the same request grades it again. Its details are in the store.
     """
-    deps = GradingDeps(provider=get_provider(settings), store=get_store(settings), policy=policy,
-                       keep_raw_responses=settings.keep_raw_responses)
+    deps = get_grading_deps(settings, policy, prepared.plan)
     outcome = grade_batch(batch, prepared.request, deps)
     if outcome.status != "succeeded":
         raise GradingFailedError(

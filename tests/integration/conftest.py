@@ -72,6 +72,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path,
     return require_pg(pg_server).create()
 
 
+def database_url_dir(url: str) -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="qbq-limiter-"))
+
+
 @pytest.fixture
 def grading_env(monkeypatch: pytest.MonkeyPatch, simulator: BackgroundServer,
                 receiver: BackgroundServer, database_url: str) -> str:
@@ -81,4 +87,7 @@ def grading_env(monkeypatch: pytest.MonkeyPatch, simulator: BackgroundServer,
     monkeypatch.setenv("QBQ_RESULTS_API_URL", f"{receiver.url}/results")
     monkeypatch.setenv("QBQ_DATABASE_URL", database_url)
     monkeypatch.setenv("QBQ_MAX_STUDENTS_PER_BATCH", "3")
+    monkeypatch.setenv("QBQ_RPM", "10000")
+    monkeypatch.setenv("QBQ_TPM", "100000000")
+    monkeypatch.setenv("QBQ_LIMITER_DIR", str(database_url_dir(database_url)))
     return database_url

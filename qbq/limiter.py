@@ -1,0 +1,326 @@
+"""A shared rate limiter that runs at the provider's limit: GCRA reservations over two buckets.
+
+Every request reserves its cost up front (1 request and prompt + max_completion tokens, as
+OpenAI charges) and gets the exact time at which both buckets hold enough; the caller sleeps
+until then, so there is no polling and no refused acquire. The bucket state is a few floats kept
+in a backend every sender shares: `memory` (threads of one process), `file` (processes of one
+host, `fcntl` lock; the default, needs no server), `redis` or `postgres` (several hosts; time is
+taken from the server so host clocks need not agree). After each reply the reservation is
+corrected by the real `usage` and by the provider's `x-ratelimit-remaining-*` headers (only ever
+towards caution); a 429 pauses every sender until its `retry-after`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from qbq.errors import ConfigurationError
+
+__all__ = [
+    "BucketState",
+    "FileBackend",
+    "Limits",
+    "MemoryBackend",
+    "RateLimiter",
+    "Reservation",
+    "make_backend",
+    "observe_remaining",
+    "refund",
+    "reserve",
+]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-minute limits of one API key."""
+
+    rpm: int
+    tpm: int
+
+    def __post_init__(self) -> None:
+        if self.rpm <= 0 or self.tpm <= 0:
+            raise ConfigurationError(f"rate limits must be positive, got rpm={self.rpm} "
+                                     f"tpm={self.tpm}")
+
+
+@dataclass(frozen=True)
+class BucketState:
+    """GCRA state: the time at which each bucket's debt is paid off, and a shared pause."""
+
+    t_req: float = 0.0
+    t_tok: float = 0.0
+    pause_until: float = 0.0
+
+
+# --- pure GCRA arithmetic -------------------------------------------------------------------
+# A bucket of capacity B refilling at r per second is full when its debt is paid off at time T.
+# At time s it holds B - max(0, T - s)·r, so a cost n fits from s ≥ T - (B - n)/r, and after
+# taking it the debt is paid off at max(T, s) + n/r.
+
+
+def reserve(state: BucketState, now: float, limits: Limits,
+            tokens: int) -> tuple[BucketState, float]:
+    """Reserve one request of `tokens` tokens; return the new state and its start time."""
+    if tokens > limits.tpm:
+        raise ConfigurationError(f"a request of {tokens:,} tokens can never fit a limit of "
+                                 f"{limits.tpm:,} tokens per minute")
+    r_req, r_tok = limits.rpm / 60.0, limits.tpm / 60.0
+    start = max(now, state.pause_until,
+                state.t_req - (limits.rpm - 1) / r_req,
+                state.t_tok - (limits.tpm - tokens) / r_tok)
+    new = BucketState(
+        t_req=max(state.t_req, start) + 1 / r_req,
+        t_tok=max(state.t_tok, start) + tokens / r_tok,
+        pause_until=state.pause_until,
+    )
+    return new, start
+
+
+def refund(state: BucketState, limits: Limits, tokens: int) -> BucketState:
+    """Give back tokens reserved but not charged (the estimate was above the real usage)."""
+    if tokens <= 0:
+        return state
+    return BucketState(state.t_req, state.t_tok - tokens / (limits.tpm / 60.0), state.pause_until)
+
+
+def observe_remaining(state: BucketState, now: float, limits: Limits,
+                      remaining_requests: int | None, remaining_tokens: int | None) -> BucketState:
+    """Trust the provider's `remaining` counts when they are below ours (someone else uses the key)."""
+    t_req, t_tok = state.t_req, state.t_tok
+    if remaining_requests is not None:
+        t_req = max(t_req, now + (limits.rpm - remaining_requests) / (limits.rpm / 60.0))
+    if remaining_tokens is not None:
+        t_tok = max(t_tok, now + (limits.tpm - remaining_tokens) / (limits.tpm / 60.0))
+    return BucketState(t_req, t_tok, state.pause_until)
+
+
+def pause(state: BucketState, until: float) -> BucketState:
+    return BucketState(state.t_req, state.t_tok, max(state.pause_until, until))
+
+
+# --- shared state backends --------------------------------------------------------------------
+
+Update = Callable[[BucketState, float], tuple[BucketState, Any]]
+
+
+class Backend(Protocol):
+    """Runs `update(state, now)` atomically for every sender of one key; returns (result, now)."""
+
+    name: str
+
+    def transact(self, key: str, update: Update) -> tuple[Any, float]: ...
+
+
+def _decode(raw: bytes | str | None) -> BucketState:
+    if not raw:
+        return BucketState()
+    return BucketState(**json.loads(raw))
+
+
+def _encode(state: BucketState) -> str:
+    return json.dumps(asdict(state))
+
+
+class MemoryBackend:
+    """Threads of one process."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, BucketState] = {}
+
+    def transact(self, key: str, update: Update) -> tuple[Any, float]:
+        with self._lock:
+            now = time.time()
+            state, result = update(self._states.get(key, BucketState()), now)
+            self._states[key] = state
+            return result, now
+
+
+class FileBackend:
+    """Processes of one host: the state lives in a small file under an exclusive `flock`."""
+
+    name = "file"
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # flock is per open file; serialise this process's threads
+
+    def transact(self, key: str, update: Update) -> tuple[Any, float]:
+        path = self._folder / f"{key}.json"
+        with self._lock, path.open("a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                handle.seek(0)
+                now = time.time()
+                state, result = update(_decode(handle.read()), now)
+                handle.seek(0)
+                handle.truncate()
+                handle.write(_encode(state))
+                handle.flush()
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return result, now
+
+
+class RedisBackend:
+    """Several hosts: optimistic WATCH/MULTI transaction; time from the Redis server."""
+
+    name = "redis"
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(url)
+        self._watch_error = redis.WatchError
+
+    def transact(self, key: str, update: Update) -> tuple[Any, float]:
+        name = f"qbq:limiter:{key}"
+        while True:
+            with self._client.pipeline() as pipe:
+                try:
+                    pipe.watch(name)  # type: ignore[no-untyped-call]
+                    seconds, micros = pipe.time()
+                    now = seconds + micros / 1e6
+                    state, result = update(_decode(pipe.get(name)), now)
+                    pipe.multi()
+                    pipe.set(name, _encode(state), ex=3600)
+                    pipe.execute()
+                    return result, now
+                except self._watch_error:
+                    continue
+
+
+class PostgresBackend:
+    """Several hosts: one row per key, locked with SELECT ... FOR UPDATE; time from the server."""
+
+    name = "postgres"
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy import create_engine, text
+
+        self._engine = create_engine(url, pool_pre_ping=True)
+        self._text = text
+        with self._engine.begin() as conn:
+            conn.execute(text("CREATE TABLE IF NOT EXISTS qbq_limiter "
+                              "(key text PRIMARY KEY, state text NOT NULL)"))
+
+    def transact(self, key: str, update: Update) -> tuple[Any, float]:
+        text = self._text
+        with self._engine.begin() as conn:
+            conn.execute(text("INSERT INTO qbq_limiter (key, state) VALUES (:k, '') "
+                              "ON CONFLICT (key) DO NOTHING"), {"k": key})
+            raw = conn.execute(text("SELECT state FROM qbq_limiter WHERE key = :k FOR UPDATE"),
+                               {"k": key}).scalar_one()
+            now = float(conn.execute(
+                text("SELECT extract(epoch from clock_timestamp())")).scalar_one())
+            state, result = update(_decode(raw), now)
+            conn.execute(text("UPDATE qbq_limiter SET state = :s WHERE key = :k"),
+                         {"s": _encode(state), "k": key})
+        return result, now
+
+
+def make_backend(kind: str, *, url: str | None, folder: Path) -> Backend:
+    """The backend named by `QBQ_LIMITER_BACKEND` (memory | file | redis | postgres)."""
+    if kind == "memory":
+        return MemoryBackend()
+    if kind == "file":
+        return FileBackend(folder)
+    if not url:
+        raise ConfigurationError(f"QBQ_LIMITER_URL is required for the {kind} limiter backend")
+    if kind == "redis":
+        return RedisBackend(url)
+    if kind == "postgres":
+        return PostgresBackend(url)
+    raise ConfigurationError(f"unknown limiter backend {kind!r}: memory, file, redis or postgres")
+
+
+# --- the limiter --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reservation:
+    tokens: int
+    start_at: float
+    waited_s: float
+
+
+def key_id(api_key: str | None, base_url: str | None) -> str:
+    """Names one provider account without storing its secret."""
+    raw = f"{base_url or 'https://api.openai.com/v1'}|{api_key or ''}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:20]
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+class RateLimiter:
+    """Paces every sender of one API key at its requests- and tokens-per-minute limits."""
+
+    def __init__(self, backend: Backend, limits: Limits, key: str,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.backend = backend
+        self.limits = limits
+        self.key = key
+        self._sleep = sleep
+
+    def acquire(self, tokens: int) -> Reservation:
+        """Reserve a request costing `tokens` and sleep until it may start."""
+        limits = self.limits
+
+        def update(state: BucketState, now: float) -> tuple[BucketState, float]:
+            return reserve(state, now, limits, tokens)
+
+        start_at, now = self.backend.transact(self.key, update)
+        wait = max(0.0, start_at - now)
+        if wait > 0:
+            self._sleep(wait)
+        return Reservation(tokens, start_at, wait)
+
+    def settle(self, reservation: Reservation, charged_tokens: int | None,
+               headers: Mapping[str, str]) -> None:
+        """Correct the shared state with what the provider really charged and reports."""
+        limits = self.limits
+        unused = reservation.tokens - charged_tokens if charged_tokens is not None else 0
+        remaining_req = _int_header(headers, "x-ratelimit-remaining-requests")
+        remaining_tok = _int_header(headers, "x-ratelimit-remaining-tokens")
+        if unused <= 0 and remaining_req is None and remaining_tok is None:
+            return
+
+        def update(state: BucketState, now: float) -> tuple[BucketState, None]:
+            state = refund(state, limits, unused)
+            return observe_remaining(state, now, limits, remaining_req, remaining_tok), None
+
+        self.backend.transact(self.key, update)
+
+    def cool_down(self, seconds: float) -> None:
+        """Pause every sender of this key for `seconds` (after a 429 or an open breaker)."""
+
+        def update(state: BucketState, now: float) -> tuple[BucketState, None]:
+            return pause(state, now + seconds), None
+
+        self.backend.transact(self.key, update)
+
+    def paused_for(self) -> float:
+        def update(state: BucketState, now: float) -> tuple[BucketState, float]:
+            return state, max(0.0, state.pause_until - now)
+
+        remaining, _ = self.backend.transact(self.key, update)
+        return float(remaining)

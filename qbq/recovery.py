@@ -1,0 +1,139 @@
+"""Bounded recovery shared by every batch of a run: circuit breaker, retry budget, batch size.
+
+One `RunGuards` per flow run and process; all methods are thread-safe because mapped
+`grade_batch` tasks run in a thread pool.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from qbq.errors import ProviderDownError, RetryBudgetExhaustedError
+
+__all__ = ["BatchSizeHint", "CircuitBreaker", "RetryBudget", "RunGuards"]
+
+
+class CircuitBreaker:
+    """Stops every sender after `threshold` provider failures in a row.
+
+    Open: senders wait out the cool-down (and `on_open` pauses the shared limiter, so other
+    processes wait too). Then one probe goes through (half-open): success closes the breaker,
+    failure re-opens it with the cool-down doubled. An outage longer than `give_up_after_s`
+    raises `ProviderDownError` instead of burning more retries.
+    """
+
+    def __init__(self, *, threshold: int, cooldown_s: float, give_up_after_s: float,
+                 on_open: Callable[[float], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self.give_up_after_s = give_up_after_s
+        self._on_open = on_open
+        self._clock = clock
+        self._sleep = sleep
+        self._cond = threading.Condition()
+        self.failures = 0
+        self.state = "closed"
+        self.opened_count = 0
+        self._open_until = 0.0
+        self._outage_start: float | None = None
+        self._current_cooldown = cooldown_s
+        self._probe_in_flight = False
+
+    def before_call(self) -> None:
+        """Wait while open; raise `ProviderDownError` once the outage outlasts the limit."""
+        while True:
+            with self._cond:
+                now = self._clock()
+                if self.state == "closed":
+                    return
+                assert self._outage_start is not None
+                down_for = now - self._outage_start
+                if down_for >= self.give_up_after_s:
+                    raise ProviderDownError(
+                        f"provider failing for {down_for:.0f} s ({self.failures} failures in a "
+                        f"row); the circuit breaker gave up after {self.give_up_after_s:.0f} s")
+                if self.state == "open" and now >= self._open_until:
+                    self.state = "half_open"
+                if self.state == "half_open" and not self._probe_in_flight:
+                    self._probe_in_flight = True
+                    return
+                wait = max(0.05, self._open_until - now) if self.state == "open" else 0.05
+            self._sleep(min(wait, 1.0))
+
+    def record_success(self) -> None:
+        with self._cond:
+            self.failures = 0
+            self.state = "closed"
+            self._outage_start = None
+            self._probe_in_flight = False
+            self._current_cooldown = self.cooldown_s
+            self._cond.notify_all()
+
+    def record_failure(self) -> None:
+        pause_for: float | None = None
+        with self._cond:
+            now = self._clock()
+            self.failures += 1
+            if self._outage_start is None:
+                self._outage_start = now
+            reopen = self.state == "half_open"
+            if reopen or (self.state == "closed" and self.failures >= self.threshold):
+                if reopen:
+                    self._current_cooldown = min(self._current_cooldown * 2, 300.0)
+                self.state = "open"
+                self.opened_count += 1
+                self._open_until = now + self._current_cooldown
+                self._probe_in_flight = False
+                pause_for = self._current_cooldown
+        if pause_for is not None and self._on_open is not None:
+            self._on_open(pause_for)
+
+
+class RetryBudget:
+    """Caps what retries and re-asks may spend in one run: attempts and tokens."""
+
+    def __init__(self, *, max_retries: int, max_tokens: int) -> None:
+        self.max_retries = max_retries
+        self.max_tokens = max_tokens
+        self.retries = 0
+        self.tokens = 0
+        self._lock = threading.Lock()
+
+    def spend(self, tokens: int) -> None:
+        """Take one retry costing up to `tokens`, or raise `RetryBudgetExhaustedError`."""
+        with self._lock:
+            if self.retries + 1 > self.max_retries or self.tokens + tokens > self.max_tokens:
+                raise RetryBudgetExhaustedError(
+                    f"retry budget exhausted ({self.retries} retries, {self.tokens:,} tokens "
+                    f"spent of {self.max_retries} / {self.max_tokens:,})")
+            self.retries += 1
+            self.tokens += tokens
+
+
+class BatchSizeHint:
+    """The largest number of students per request known to work in this run (after truncation)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.max_students: int | None = None
+
+    def shrink_to(self, n: int) -> None:
+        with self._lock:
+            if self.max_students is None or n < self.max_students:
+                self.max_students = max(1, n)
+
+    def get(self) -> int | None:
+        with self._lock:
+            return self.max_students
+
+
+@dataclass
+class RunGuards:
+    breaker: CircuitBreaker
+    budget: RetryBudget
+    size_hint: BatchSizeHint
