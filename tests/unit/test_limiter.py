@@ -1,0 +1,136 @@
+"""The GCRA limiter: exact pacing, window bounds, corrections, and sharing across processes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qbq.errors import ConfigurationError
+from qbq.limiter import (
+    BucketState,
+    FileBackend,
+    Limits,
+    MemoryBackend,
+    RateLimiter,
+    observe_remaining,
+    pause,
+    refund,
+    reserve,
+)
+
+
+def _schedule(limits: Limits, arrivals: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    state = BucketState()
+    out = []
+    for now, tokens in arrivals:
+        state, start = reserve(state, now, limits, tokens)
+        assert start >= now
+        out.append((start, tokens))
+    return out
+
+
+def _max_in_window(starts: list[tuple[float, int]], window: float) -> tuple[int, int]:
+    starts = sorted(starts)
+    most_req = most_tok = 0
+    for i, (t0, _) in enumerate(starts):
+        inside = [(t, n) for t, n in starts[i:] if t < t0 + window]
+        most_req = max(most_req, len(inside))
+        most_tok = max(most_tok, sum(n for _, n in inside))
+    return most_req, most_tok
+
+
+def test_equal_requests_are_paced_exactly_at_the_token_rate() -> None:
+    limits = Limits(rpm=10_000, tpm=60_000)  # 1,000 tokens/s
+    starts = [s for s, _ in _schedule(limits, [(0.0, 500)] * 10)]
+    # one second of burst (1,000 tokens = 2 requests) at once, then one every 0.5 s
+    assert starts[:2] == [0.0, 0.0]
+    gaps = [b - a for a, b in itertools.pairwise(starts[1:])]
+    assert all(abs(g - 0.5) < 1e-9 for g in gaps)
+
+
+def test_request_rate_binds_when_tokens_are_plenty() -> None:
+    limits = Limits(rpm=120, tpm=10_000_000)  # 2 requests/s
+    starts = [s for s, _ in _schedule(limits, [(0.0, 10)] * 6)]
+    assert starts == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.5, 2.0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rpm=st.integers(10, 2_000),
+    tpm=st.integers(20_000, 2_000_000),
+    burst=st.floats(0.5, 5.0),
+    requests=st.lists(st.tuples(st.floats(0, 120), st.integers(1, 20_000)), min_size=1,
+                      max_size=80),
+)
+def test_no_60s_window_exceeds_the_limit_plus_one_burst(rpm: int, tpm: int, burst: float,
+                                                        requests: list[tuple[float, int]]) -> None:
+    limits = Limits(rpm=rpm, tpm=tpm, burst_s=burst)
+    arrivals = sorted((t, min(n, tpm)) for t, n in requests)
+    starts = _schedule(limits, arrivals)
+    most_req, most_tok = _max_in_window(starts, 60.0)
+    biggest = max(n for _, n in arrivals)
+    assert most_req <= rpm + limits.request_capacity + 1
+    assert most_tok <= tpm + limits.token_capacity + biggest
+
+
+def test_a_request_above_the_minute_limit_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="can never fit"):
+        reserve(BucketState(), 0.0, Limits(rpm=10, tpm=1_000), 1_001)
+
+
+def test_refund_observe_and_pause() -> None:
+    limits = Limits(rpm=600, tpm=60_000)  # 1,000 tokens/s, capacity 1,000
+    state, _ = reserve(BucketState(), 100.0, limits, 1_000)
+    assert state.t_tok == pytest.approx(101.0)
+    assert refund(state, limits, 400).t_tok == pytest.approx(100.6)
+    # the provider says its bucket is nearly empty: wait until one burst is back
+    assert observe_remaining(state, 100.0, limits, None, 0).t_tok == pytest.approx(101.0)
+    assert observe_remaining(state, 100.0, limits, None, 10_000).t_tok == state.t_tok
+    paused = pause(state, 130.0)
+    _, start = reserve(paused, 100.0, limits, 10)
+    assert start == 130.0
+
+
+def test_limiter_sleeps_until_its_reservation() -> None:
+    slept: list[float] = []
+    limiter = RateLimiter(MemoryBackend(), Limits(rpm=60, tpm=1_000_000), "k", sleep=slept.append)
+    for _ in range(3):
+        limiter.acquire(10)
+    assert slept[0] == pytest.approx(1.0, abs=0.05)
+    assert slept[1] == pytest.approx(2.0, abs=0.05)
+
+
+def _worker(folder: str, out: str, n: int) -> None:
+    limiter = RateLimiter(FileBackend(Path(folder)), Limits(rpm=3_000, tpm=10_000_000), "shared")
+    starts = []
+    for _ in range(n):
+        limiter.acquire(100)
+        starts.append(time.time())
+    Path(out).write_text(json.dumps(starts))
+
+
+def test_two_processes_share_one_file_backed_limit(tmp_path: Path) -> None:
+    """3,000 RPM = 50/s shared by two processes: together they stay at 50/s (+ one burst)."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(str(tmp_path / "lim"), str(tmp_path / f"{i}.json"),
+                                               60)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    starts = [(t, 100) for i in range(2)
+              for t in json.loads((tmp_path / f"{i}.json").read_text())]
+    most_req, _ = _max_in_window(starts, 1.0)
+    # 50 per second plus a burst of 50 (one second) plus scheduling slack of one request
+    assert most_req <= 50 + 50 + 1
+    span = max(t for t, _ in starts) - min(t for t, _ in starts)
+    # 120 requests at 50/s after a 50-request burst: at least (120 - 50) / 50 = 1.4 s
+    assert span >= 1.3
