@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from qbq.errors import DeliveryError
 from qbq.http import HttpClient, post_results
-from qbq.store import Store
+from qbq.store import Store, acquire_outbox_lease, new_owner_id
 from qbq.store import repository as repo
 
 __all__ = ["DeliveryReport", "drain_outbox"]
@@ -22,16 +22,21 @@ class DeliveryReport:
 
 
 def drain_outbox(store: Store, client: HttpClient, *, process_id: str | None = None,
-                 backoff_s: float = 30.0, now: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 ) -> DeliveryReport:
-    """Deliver pending outbox rows (one process's, or all due ones); failures back off."""
+                 backoff_s: float = 30.0, lease_s: float = 120.0,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> DeliveryReport:
+    """Deliver due outbox rows (one process's, or all); each row is leased while it is sent,
+    so concurrent drains never POST the same payload at once; failures back off."""
     delivered = failed = 0
     last_error: str | None = None
+    owner = new_owner_id()
     with store.transaction() as session:
         rows = [(r.id, r.target_url, r.payload, r.idempotency_key, r.attempts)
                 for r in repo.pending_outbox(session, now=now())
                 if process_id is None or r.process_id == process_id]
     for row_id, url, payload, key, attempts in rows:
+        with store.transaction() as session:
+            if not acquire_outbox_lease(session, row_id, owner=owner, now=now(), lease_s=lease_s):
+                continue
         try:
             post_results(client, url, payload, key)
         except DeliveryError as exc:

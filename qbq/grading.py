@@ -42,7 +42,8 @@ from qbq.provider import ChatProvider, ChatReply
 from qbq.recovery import RunGuards
 from qbq.response import StudentOut, check_reply, parse_reply
 from qbq.settings import GradingPolicy
-from qbq.store import Store
+from qbq.store import Store, acquire_batch_lease, new_owner_id, utcnow
+from qbq.store import leases as repo_leases
 from qbq.store import repository as repo
 
 __all__ = ["BatchOutcome", "GradingDeps", "backoff_delay", "grade_batch", "page_url"]
@@ -148,8 +149,10 @@ class _Graded:
 class _BatchRun:
     """Grades the students of one planned batch; every model call goes through `_call`."""
 
-    def __init__(self, batch: PlannedBatch, request: GradingRequest, deps: GradingDeps) -> None:
+    def __init__(self, batch: PlannedBatch, request: GradingRequest, deps: GradingDeps,
+                 owner: str) -> None:
         self.batch = batch
+        self.owner = owner
         self.request = request
         self.deps = deps
         self.key = batch.idempotency_key
@@ -186,6 +189,9 @@ class _BatchRun:
         self._first_call = False
         deps.guards.breaker.before_call()
         reservation = deps.limiter.acquire(cost) if deps.limiter else None
+        with deps.store.transaction() as session:  # the wait may have been long: keep our claim
+            repo_leases.renew_batch_lease(session, self.key, owner=self.owner, now=utcnow(),
+                                   lease_s=deps.policy.lease_s)
         self.tally.attempts += 1
         try:
             reply = deps.provider.complete(
@@ -307,14 +313,26 @@ def _correction(error: ResponseError) -> str:
             "exactly once, each mark between 0 and the question's max_mark.")
 
 
+def _claim(batch: PlannedBatch, deps: GradingDeps, owner: str) -> bool:
+    """Take the batch's lease (True), or wait while another run grades it and return False
+    once it has succeeded there — so concurrent duplicate runs call the model once."""
+    while True:
+        with deps.store.transaction() as session:
+            claim = acquire_batch_lease(session, batch.idempotency_key, owner=owner, now=utcnow(),
+                                        lease_s=deps.policy.lease_s)
+        if claim != "busy":
+            return claim == "claimed"
+        deps.sleep(deps.policy.lease_poll_s)
+
+
 def grade_batch(batch: PlannedBatch, request: GradingRequest, deps: GradingDeps) -> BatchOutcome:
     """Grade one planned batch, or return its stored result if it already succeeded."""
     key = batch.idempotency_key
-    with deps.store.transaction() as session:
-        if not repo.claim_batch(session, key):
-            return BatchOutcome(batch.index, key, "succeeded", True, len(batch.students),
-                                len(batch.students))
-    run = _BatchRun(batch, request, deps)
+    owner = new_owner_id()
+    if not _claim(batch, deps, owner):
+        return BatchOutcome(batch.index, key, "succeeded", True, len(batch.students),
+                            len(batch.students))
+    run = _BatchRun(batch, request, deps, owner)
     graded = run.grade(batch.students)
     return _finish(run, graded)
 

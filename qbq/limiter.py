@@ -40,15 +40,29 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-minute limits of one API key."""
+    """Per-minute limits of one API key, and how much burst qbq allows itself.
+
+    The provider's buckets hold a whole minute; qbq's hold only `burst_s` seconds of rate, so
+    it sends at a smooth pace that can never drain the provider's bucket: in any 60 s window it
+    sends at most the limit plus `burst_s` seconds' worth (and one request).
+    """
 
     rpm: int
     tpm: int
+    burst_s: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.rpm <= 0 or self.tpm <= 0:
+        if self.rpm <= 0 or self.tpm <= 0 or self.burst_s <= 0:
             raise ConfigurationError(f"rate limits must be positive, got rpm={self.rpm} "
-                                     f"tpm={self.tpm}")
+                                     f"tpm={self.tpm} burst_s={self.burst_s}")
+
+    @property
+    def request_capacity(self) -> float:
+        return max(1.0, self.rpm * self.burst_s / 60.0)
+
+    @property
+    def token_capacity(self) -> float:
+        return self.tpm * self.burst_s / 60.0
 
 
 @dataclass(frozen=True)
@@ -61,9 +75,9 @@ class BucketState:
 
 
 # --- pure GCRA arithmetic -------------------------------------------------------------------
-# A bucket of capacity B refilling at r per second is full when its debt is paid off at time T.
-# At time s it holds B - max(0, T - s)·r, so a cost n fits from s ≥ T - (B - n)/r, and after
-# taking it the debt is paid off at max(T, s) + n/r.
+# A bucket of capacity B refilling at r per second is full again at time T. At time s it holds
+# B - max(0, T - s)·r, so a cost n fits from s ≥ T - (B - n)/r (n > B simply waits longer), and
+# after taking it the bucket is full again at max(T, s) + n/r.
 
 
 def reserve(state: BucketState, now: float, limits: Limits,
@@ -74,8 +88,8 @@ def reserve(state: BucketState, now: float, limits: Limits,
                                  f"{limits.tpm:,} tokens per minute")
     r_req, r_tok = limits.rpm / 60.0, limits.tpm / 60.0
     start = max(now, state.pause_until,
-                state.t_req - (limits.rpm - 1) / r_req,
-                state.t_tok - (limits.tpm - tokens) / r_tok)
+                state.t_req - (limits.request_capacity - 1) / r_req,
+                state.t_tok - (limits.token_capacity - tokens) / r_tok)
     new = BucketState(
         t_req=max(state.t_req, start) + 1 / r_req,
         t_tok=max(state.t_tok, start) + tokens / r_tok,
@@ -93,12 +107,17 @@ def refund(state: BucketState, limits: Limits, tokens: int) -> BucketState:
 
 def observe_remaining(state: BucketState, now: float, limits: Limits,
                       remaining_requests: int | None, remaining_tokens: int | None) -> BucketState:
-    """Trust the provider's `remaining` counts when they are below ours (someone else uses the key)."""
+    """Slow down when the provider's `remaining` counts say its minute bucket is running low.
+
+    qbq's own pacing keeps the provider's bucket near full; if it is emptier than one burst,
+    someone else is using the key, and qbq waits until the provider's bucket is back to a burst.
+    Only ever towards caution.
+    """
     t_req, t_tok = state.t_req, state.t_tok
-    if remaining_requests is not None:
-        t_req = max(t_req, now + (limits.rpm - remaining_requests) / (limits.rpm / 60.0))
-    if remaining_tokens is not None:
-        t_tok = max(t_tok, now + (limits.tpm - remaining_tokens) / (limits.tpm / 60.0))
+    if remaining_requests is not None and remaining_requests < limits.request_capacity:
+        t_req = max(t_req, now + (limits.request_capacity - remaining_requests) / (limits.rpm / 60))
+    if remaining_tokens is not None and remaining_tokens < limits.token_capacity:
+        t_tok = max(t_tok, now + (limits.token_capacity - remaining_tokens) / (limits.tpm / 60))
     return BucketState(t_req, t_tok, state.pause_until)
 
 

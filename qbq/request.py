@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, model_validator
 
 from qbq.errors import RequestValidationError
 
@@ -65,7 +65,7 @@ class QuestionIn(BaseModel):
     model_config = _STRICT
 
     question_number: NonEmpty
-    max_mark: float
+    max_mark: FiniteFloat  # JSON's Infinity would let any mark pass
     rubric: str | None = None
 
 
@@ -101,7 +101,7 @@ class LegacyQuestion(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     question_number: NonEmpty
-    max_mark: float
+    max_mark: FiniteFloat
 
 
 class LegacyRequest(BaseModel):

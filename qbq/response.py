@@ -65,7 +65,7 @@ def parse_reply(content: str | None, *, finish_reason: str | None,
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             # Cut JSON under finish_reason "stop" happens too: treat it as truncation.
-            if content.lstrip().startswith("{") and not content.rstrip().endswith("}"):
+            if _is_cut_json(content):
                 raise TruncatedResponseError("the reply JSON is cut off", body=content) from exc
             raise ResponseShapeError("the reply is not JSON", body=content) from exc
         problems = "; ".join(
@@ -73,6 +73,34 @@ def parse_reply(content: str | None, *, finish_reason: str | None,
         )
         raise ResponseSchemaError(f"the reply breaks the schema: {problems}",
                                   body=content) from exc
+
+
+def _is_cut_json(text: str) -> bool:
+    """An object that opens but never closes: it ends inside a string or with brackets open.
+
+    The last character cannot tell: a reply cut just after an inner object ends with "}", and
+    complete JSON followed by chatter does not; so the brackets outside strings are tracked.
+    """
+    text = text.strip()
+    if not text.startswith("{"):
+        return False
+    expected: list[str] = []
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            expected.append("}" if ch == "{" else "]")
+        elif ch in "}]" and (not expected or expected.pop() != ch or not expected):
+            return False  # closed out of turn, or the top-level object is complete
+    return in_string or bool(expected)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,14 @@ class GradingPolicy(BaseSettings):
     retry_budget_token_ratio: float = Field(
         1.0, ge=0.0, description="Tokens retries may spend, as a share of the planned tokens."
     )
+    lease_s: float = Field(
+        600.0, gt=0.0, description="How long a claim on a batch or delivery holds without "
+        "renewal; a crashed run's claim on another host is taken over after this (on the same "
+        "host at once)."
+    )
+    lease_poll_s: float = Field(
+        0.5, gt=0.0, description="How often a run waiting for another run's batch looks again."
+    )
     min_coverage: float = Field(
         1.0, ge=0.0, le=1.0,
         description="Share of students that must be graded for the run to count as a success.",

@@ -7,6 +7,14 @@ and never commit.
 from __future__ import annotations
 
 from qbq.store.engine import Store
+from qbq.store.leases import (
+    BatchClaim,
+    acquire_batch_lease,
+    acquire_outbox_lease,
+    new_owner_id,
+    owner_is_dead,
+    renew_batch_lease,
+)
 from qbq.store.models import (
     BatchAttemptRow,
     BatchRow,
@@ -20,7 +28,6 @@ from qbq.store.models import (
 from qbq.store.repository import (
     BatchSpec,
     StoreStateError,
-    claim_batch,
     complete_process,
     ensure_batches,
     ensure_process,
@@ -40,6 +47,7 @@ from qbq.store.repository import (
 
 __all__ = [
     "BatchAttemptRow",
+    "BatchClaim",
     "BatchRow",
     "BatchSpec",
     "BatchStatus",
@@ -49,7 +57,8 @@ __all__ = [
     "ProcessStatus",
     "Store",
     "StoreStateError",
-    "claim_batch",
+    "acquire_batch_lease",
+    "acquire_outbox_lease",
     "complete_process",
     "ensure_batches",
     "ensure_process",
@@ -59,11 +68,14 @@ __all__ = [
     "list_attempt_errors",
     "mark_delivered",
     "mark_delivery_failed",
+    "new_owner_id",
+    "owner_is_dead",
     "pending_outbox",
     "purge_raw_responses",
     "record_attempt_error",
     "record_batch_failure",
     "record_batch_success",
+    "renew_batch_lease",
     "set_process_status",
     "utcnow",
 ]

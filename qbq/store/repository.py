@@ -36,7 +36,6 @@ __all__ = [
     "ATTEMPT_DETAIL_MAX",
     "BatchSpec",
     "StoreStateError",
-    "claim_batch",
     "complete_process",
     "ensure_batches",
     "ensure_process",
@@ -253,19 +252,6 @@ def get_batches(session: Session, keys: Sequence[str]) -> dict[str, BatchRow]:
     return found
 
 
-def claim_batch(session: Session, key: str) -> bool:
-    """Mark the batch running (attempts unchanged); False if it already succeeded."""
-    stmt = (
-        update(BatchRow)
-        .where(BatchRow.idempotency_key == key, BatchRow.status.in_(_CLAIMABLE))
-        .values(status="running")
-    )
-    if _rowcount(session.execute(stmt)) == 1:
-        return True
-    _require_batch_status(session, key, "running", allowed_final="succeeded")
-    return False
-
-
 def record_batch_success(
     session: Session,
     key: str,
@@ -298,6 +284,8 @@ def record_batch_success(
             error_type=None,
             error_stage=None,
             error_detail=None,
+            lease_owner=None,
+            lease_expires_at=None,
         )
     )
     if _rowcount(session.execute(stmt)) == 1:
@@ -341,6 +329,8 @@ def record_batch_failure(
             completion_tokens=completion_tokens,
             latency_ms=latency_ms,
             raw_response=raw_response,
+            lease_owner=None,
+            lease_expires_at=None,
         )
     )
     if _rowcount(session.execute(stmt)) == 1:
@@ -424,7 +414,8 @@ def mark_delivered(session: Session, outbox_id: int, *, at: datetime) -> bool:
     stmt = (
         update(OutboxRow)
         .where(OutboxRow.id == outbox_id, OutboxRow.status == "pending")
-        .values(status="delivered", delivered_at=at, attempts=OutboxRow.attempts + 1)
+        .values(status="delivered", delivered_at=at, attempts=OutboxRow.attempts + 1,
+                lease_owner=None, lease_expires_at=None)
     )
     return _outbox_written(session, outbox_id, _rowcount(session.execute(stmt)))
 
@@ -449,6 +440,8 @@ def mark_delivery_failed(
             last_error=error[:_LAST_ERROR_MAX],
             next_attempt_at=next_attempt_at,
             attempts=OutboxRow.attempts + 1,
+            lease_owner=None,
+            lease_expires_at=None,
         )
     )
     return _outbox_written(session, outbox_id, _rowcount(session.execute(stmt)))

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
@@ -20,13 +21,14 @@ from sqlalchemy.exc import StatementError
 
 from qbq.errors import QbqError
 from qbq.store import (
+    BatchClaim,
     BatchRow,
     BatchSpec,
     OutboxRow,
     ProcessRow,
     Store,
     StoreStateError,
-    claim_batch,
+    acquire_batch_lease,
     complete_process,
     ensure_batches,
     ensure_process,
@@ -36,6 +38,7 @@ from qbq.store import (
     list_attempt_errors,
     mark_delivered,
     mark_delivery_failed,
+    new_owner_id,
     pending_outbox,
     purge_raw_responses,
     record_attempt_error,
@@ -46,6 +49,12 @@ from qbq.store import (
 from tests.support import PgServer, require_pg
 
 REPO = Path(__file__).resolve().parents[2]
+OWNER = new_owner_id()
+HEAD = "0002"  # the newest migration
+
+
+def claim_batch(s: Any, key: str, owner: str = OWNER, lease_s: float = 600.0) -> BatchClaim:
+    return acquire_batch_lease(s, key, owner=owner, now=datetime.now(UTC), lease_s=lease_s)
 
 DIALECTS = [
     pytest.param("sqlite", id="sqlite"),
@@ -174,7 +183,7 @@ def test_migrate_twice_is_idempotent(fresh_url: str) -> None:
         store.migrate()
         with store.engine.connect() as conn:
             versions = conn.execute(text("SELECT version_num FROM alembic_version")).all()
-            assert [v[0] for v in versions] == ["0001"]
+            assert [v[0] for v in versions] == [HEAD]
             for table in ("processes", "batches", "batch_attempts", "outbox"):
                 assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == 0
     finally:
@@ -193,7 +202,7 @@ def test_concurrent_migrate_from_two_stores(fresh_url: str) -> None:
         assert _run_threads(len(stores), migrate) == []
         with stores[0].engine.connect() as conn:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [
-                ("0001",)
+                (HEAD,)
             ]
     finally:
         for s in stores:
@@ -219,7 +228,7 @@ def test_alembic_command_line(fresh_url: str) -> None:
         store.migrate()  # already at head: nothing to do
         with store.engine.connect() as conn:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == (
-                "0001"
+                HEAD
             )
     finally:
         store.dispose()
@@ -350,8 +359,10 @@ def test_get_batches_many_keys(store: Store) -> None:
 def test_claim_and_success(store: Store) -> None:
     _with_batches(store)
     with store.transaction() as s:
-        assert claim_batch(s, "k0") is True
-        assert claim_batch(s, "k0") is True  # running → running: reclaimed after a crash
+        assert claim_batch(s, "k0") == "claimed"
+        # another live run holding the lease: busy; a run on another host too
+        assert claim_batch(s, "k0", owner=new_owner_id()) == "busy"
+        assert claim_batch(s, "k0", owner="elsewhere:1:abc") == "busy"
     assert _succeed(store, "k0", result={"grades": [1]}, raw="raw-0") is True
     with store.transaction() as s:
         batch = get_batches(s, ["k0"])["k0"]
@@ -359,7 +370,7 @@ def test_claim_and_success(store: Store) -> None:
         assert batch.result == {"grades": [1]}
         assert (batch.prompt_tokens, batch.cached_tokens, batch.completion_tokens) == (100, 20, 30)
         assert (batch.latency_ms, batch.attempts, batch.raw_response) == (12.5, 1, "raw-0")
-        assert claim_batch(s, "k0") is False
+        assert claim_batch(s, "k0") == "done"
 
 
 def test_success_never_overwrites_a_succeeded_batch(store: Store) -> None:
@@ -397,7 +408,7 @@ def test_failure_then_retry_then_success(store: Store) -> None:
             4,
         )
     with store.transaction() as s:
-        assert claim_batch(s, "k1") is True  # failed → running
+        assert claim_batch(s, "k1") == "claimed"  # failed → running
         assert get_batches(s, ["k1"])["k1"].attempts == 4  # claim leaves attempts alone
     assert _succeed(store, "k1", result={"ok": True}, raw=None) is True
     with store.transaction() as s:
@@ -592,3 +603,15 @@ def test_pending_outbox_rows_are_locked_for_one_sender(store: Store) -> None:
 
         assert _run_threads(1, other_sender) == []
         assert seen == ["p2"]
+
+
+def test_leases_of_dead_or_expired_owners_are_taken_over(store: Store) -> None:
+    _with_batches(store)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_owner = f"{OWNER.split(':')[0]}:{dead.stdout.strip()}:dead"
+    with store.transaction() as s:
+        assert claim_batch(s, "k0", owner=dead_owner) == "claimed"
+        assert claim_batch(s, "k0") == "claimed"  # its process is gone: taken over at once
+        assert claim_batch(s, "k1", owner="elsewhere:1:abc", lease_s=-1) == "claimed"
+        assert claim_batch(s, "k1") == "claimed"  # another host's lease, but expired

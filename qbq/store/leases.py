@@ -1,0 +1,135 @@
+"""Leases on batch and outbox rows: the claim that keeps concurrent runs from doing a row twice.
+
+A lease is an owner id (`host:pid:nonce`) and an expiry, set with a compare-and-swap UPDATE, so
+it holds across processes and machines that share the database. A lease whose owner is a dead
+process on this host is taken over at once; elsewhere it is taken over when it expires.
+Functions take the session first and never commit.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, Literal, cast
+
+from sqlalchemy import CursorResult, Result, or_, select, update
+from sqlalchemy.orm import Session
+
+from qbq.store.models import BatchRow, OutboxRow
+from qbq.store.repository import StoreStateError
+
+__all__ = [
+    "BatchClaim",
+    "acquire_batch_lease",
+    "acquire_outbox_lease",
+    "new_owner_id",
+    "owner_is_dead",
+    "renew_batch_lease",
+]
+
+BatchClaim = Literal["claimed", "done", "busy"]
+
+_HOST = socket.gethostname()
+
+
+def new_owner_id() -> str:
+    """A lease owner id naming this host and process, unique per claim."""
+    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """True when `owner` is a process of this host that no longer runs."""
+    if not owner:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != _HOST or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:  # noqa: PTH123 - procfs, Linux only
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _rowcount(result: Result[Any]) -> int:
+    return cast(CursorResult[Any], result).rowcount
+
+
+def acquire_batch_lease(session: Session, key: str, *, owner: str, now: datetime,
+                        lease_s: float) -> BatchClaim:
+    """Claim a batch for grading: `claimed` (it is ours now), `done` (it already succeeded) or
+    `busy` (another live run holds it)."""
+    expires = now + timedelta(seconds=lease_s)
+    free = update(BatchRow).where(
+        BatchRow.idempotency_key == key,
+        or_(BatchRow.status.in_(("pending", "failed")),
+            BatchRow.lease_owner.is_(None),
+            BatchRow.lease_expires_at < now),
+        BatchRow.status != "succeeded",
+    ).values(status="running", lease_owner=owner, lease_expires_at=expires)
+    if _rowcount(session.execute(free)) == 1:
+        return "claimed"
+    row = session.execute(
+        select(BatchRow.status, BatchRow.lease_owner).where(BatchRow.idempotency_key == key)
+    ).one_or_none()
+    if row is None:
+        raise StoreStateError(f"no batch with idempotency key {key!r}")
+    if row.status == "succeeded":
+        return "done"
+    if owner_is_dead(row.lease_owner):
+        steal = update(BatchRow).where(
+            BatchRow.idempotency_key == key, BatchRow.status == "running",
+            BatchRow.lease_owner == row.lease_owner,
+        ).values(lease_owner=owner, lease_expires_at=expires)
+        if _rowcount(session.execute(steal)) == 1:
+            return "claimed"
+    return "busy"
+
+
+def renew_batch_lease(session: Session, key: str, *, owner: str, now: datetime,
+                      lease_s: float) -> bool:
+    """Extend our lease; False if it was taken over (then our result would be a duplicate)."""
+    stmt = update(BatchRow).where(
+        BatchRow.idempotency_key == key, BatchRow.lease_owner == owner,
+        BatchRow.status == "running",
+    ).values(lease_expires_at=now + timedelta(seconds=lease_s))
+    return _rowcount(session.execute(stmt)) == 1
+
+
+def acquire_outbox_lease(session: Session, outbox_id: int, *, owner: str, now: datetime,
+                         lease_s: float) -> bool:
+    """Claim a due, pending delivery for sending; False if another live sender holds it."""
+    expires = now + timedelta(seconds=lease_s)
+    stmt = update(OutboxRow).where(
+        OutboxRow.id == outbox_id, OutboxRow.status == "pending",
+        OutboxRow.next_attempt_at <= now,
+        or_(OutboxRow.lease_owner.is_(None), OutboxRow.lease_expires_at < now),
+    ).values(lease_owner=owner, lease_expires_at=expires)
+    if _rowcount(session.execute(stmt)) == 1:
+        return True
+    current = session.execute(
+        select(OutboxRow.status, OutboxRow.lease_owner).where(OutboxRow.id == outbox_id)
+    ).one_or_none()
+    if current is None or current.status != "pending" or not owner_is_dead(current.lease_owner):
+        return False
+    steal = update(OutboxRow).where(
+        OutboxRow.id == outbox_id, OutboxRow.status == "pending",
+        OutboxRow.lease_owner == current.lease_owner,
+    ).values(lease_owner=owner, lease_expires_at=expires)
+    return _rowcount(session.execute(steal)) == 1
