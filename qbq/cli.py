@@ -192,20 +192,36 @@ def sample(
 def simulate(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8700,
     host: Annotated[str, typer.Option(help="Loopback address to bind.")] = "127.0.0.1",
-    latency_ms: Annotated[float | None, typer.Option(help="Added latency per reply.")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute per API key.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute per API key.")] = None,
+    latency_ms: Annotated[float | None, typer.Option(help="Base latency per reply.")] = None,
+    ms_per_output_token: Annotated[float | None, typer.Option(
+        help="Added latency per completion token.")] = None,
+    jitter: Annotated[float | None, typer.Option(help="Sigma of a lognormal latency factor.")] = None,
+    time_scale: Annotated[float | None, typer.Option(
+        help="Simulated time runs this many times faster than wall time.")] = None,
+    fault: Annotated[list[str] | None, typer.Option(
+        help="KIND=RATE, repeatable: http500 http502 http503 timeout disconnect rate_limit "
+             "not_json schema_break rule_break truncate refusal.")] = None,
+    fault_script: Annotated[str | None, typer.Option(
+        help="Faults for the first requests in order, e.g. 'http500,ok,truncate'.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for faults and jitter.")] = None,
+    hang_s: Annotated[float | None, typer.Option(help="How long a 'timeout' fault hangs.")] = None,
 ) -> None:
     """Run the OpenAI-compatible simulator (a test and demo device: its grades are simulated)."""
-    from qbq.simulator.config import SimConfig
+    from qbq.simulator import sim_config_from_cli
     from qbq.simulator.server import serve
 
-    overrides: dict[str, Any] = {}
-    if latency_ms is not None:
-        overrides["latency_ms"] = latency_ms
-    if seed is not None:
-        overrides["seed"] = seed
+    try:
+        config = sim_config_from_cli(
+            rpm=rpm, tpm=tpm, latency_ms=latency_ms, ms_per_output_token=ms_per_output_token,
+            jitter=jitter, time_scale=time_scale, faults=fault or [], fault_script=fault_script,
+            seed=seed, hang_s=hang_s)
+    except ValueError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(EXIT_INVALID) from exc
     console.print(f"SIMULATED OpenAI API on http://{host}:{port}/v1 — replies are not real grades")
-    serve(host, port, SimConfig(**overrides))
+    serve(host, port, config)
 
 
 @app.command()

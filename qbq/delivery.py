@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from qbq.errors import DeliveryError
-from qbq.http import HttpClient, post_results
+from qbq.http import HttpClient, lookup_results, post_results
 from qbq.store import Store, acquire_outbox_lease, new_owner_id
 from qbq.store import repository as repo
 
 __all__ = ["DeliveryReport", "drain_outbox"]
+
+_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -22,23 +24,32 @@ class DeliveryReport:
 
 
 def drain_outbox(store: Store, client: HttpClient, *, process_id: str | None = None,
-                 backoff_s: float = 30.0, lease_s: float = 120.0,
+                 backoff_s: float = 30.0, lease_s: float = 120.0, lookup_url: str | None = None,
+                 ignore_backoff: bool = False,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> DeliveryReport:
-    """Deliver due outbox rows (one process's, or all); each row is leased while it is sent,
-    so concurrent drains never POST the same payload at once; failures back off."""
+    """Deliver due outbox rows (one process's, or all); failures back off.
+
+    Each row is leased while it is sent, so concurrent drains never POST the same payload. A
+    row whose previous sender died mid-send is first looked up at `lookup_url` (when the results
+    API offers one): if the payload arrived, it is marked delivered without a second POST.
+    `ignore_backoff` sends rows that are waiting out a backoff too (a user's explicit rerun).
+    """
     delivered = failed = 0
     last_error: str | None = None
     owner = new_owner_id()
     with store.transaction() as session:
         rows = [(r.id, r.target_url, r.payload, r.idempotency_key, r.attempts)
-                for r in repo.pending_outbox(session, now=now())
+                for r in repo.pending_outbox(session, now=_FAR_FUTURE if ignore_backoff else now())
                 if process_id is None or r.process_id == process_id]
     for row_id, url, payload, key, attempts in rows:
         with store.transaction() as session:
-            if not acquire_outbox_lease(session, row_id, owner=owner, now=now(), lease_s=lease_s):
-                continue
+            claim = acquire_outbox_lease(session, row_id, owner=owner, now=now(), lease_s=lease_s)
+        if claim == "busy":
+            continue
         try:
-            post_results(client, url, payload, key)
+            if not (claim == "taken_over" and lookup_url
+                    and lookup_results(client, lookup_url, key)):
+                post_results(client, url, payload, key)
         except DeliveryError as exc:
             failed += 1
             last_error = exc.message

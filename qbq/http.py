@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from qbq.errors import DeliveryError, ImageError
 
-__all__ = ["HttpClient", "fetch_image", "make_http_client", "post_results", "safe_url"]
+__all__ = ["HttpClient", "fetch_image", "lookup_results", "make_http_client", "post_results",
+           "safe_url"]
 
 HttpClient = httpx.Client
 
@@ -58,3 +60,23 @@ def post_results(client: httpx.Client, url: str, payload: dict[str, Any],
         raise DeliveryError(f"results API answered {response.status_code}",
                             status_code=response.status_code)
     return response.status_code
+
+
+def lookup_results(client: httpx.Client, url_template: str, idempotency_key: str) -> bool:
+    """Whether the results API already holds the payload sent under `idempotency_key`.
+
+    `url_template` contains `{key}` (e.g. "https://platform/api/results/{key}"): 200 means it
+    arrived, 404 that it did not; anything else is a `DeliveryError` (we cannot tell).
+    """
+    url = url_template.replace("{key}", quote(idempotency_key, safe=""))
+    try:
+        response = client.get(url)
+    except httpx.HTTPError as exc:
+        raise DeliveryError(
+            f"results API lookup unreachable at {safe_url(url)}: {type(exc).__name__}") from exc
+    if response.status_code == 200:
+        return True
+    if response.status_code == 404:
+        return False
+    raise DeliveryError(f"results API lookup answered {response.status_code}",
+                        status_code=response.status_code)

@@ -93,6 +93,12 @@ class QbqSettings(BaseSettings):
     results_api_url: str | None = Field(
         None, description="Full URL the results payload is POSTed to. None: no delivery."
     )
+    results_api_lookup_url: str | None = Field(
+        None, description="URL template with {key} that answers 200 when the results API holds "
+        "the payload of that Idempotency-Key (404 when not). With it, a delivery interrupted by a "
+        "crash is checked before it is sent again, so the payload arrives once even if the API "
+        "did not deduplicate."
+    )
     results_api_token: SecretStr | None = Field(
         None, description="Bearer token sent to the results API, if it needs one."
     )

@@ -67,4 +67,6 @@ def finalize_task(prepared: pipeline.Prepared, settings: QbqSettings,
 
 @task(name="deliver", cache_policy=NO_CACHE, persist_result=False)
 def deliver_task(process_id: str, settings: QbqSettings) -> DeliveryReport:
-    return drain_outbox(get_store(settings), get_http_client(settings), process_id=process_id)
+    """Send this run's payload now (even if an earlier attempt is backing off)."""
+    return drain_outbox(get_store(settings), get_http_client(settings), process_id=process_id,
+                        lookup_url=settings.results_api_lookup_url, ignore_backoff=True)

@@ -83,6 +83,15 @@ class _Store:
         with self._tx() as conn:
             self._bump(conn, "refused")
 
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT payload, received_at FROM results WHERE idempotency_key = ?", (key,)
+            ).fetchone()
+        if row is None:
+            return None
+        return {"idempotency_key": key, "payload": json.loads(row[0]), "received_at": row[1]}
+
     def dump(self) -> dict[str, Any]:
         with self._tx() as conn:
             rows = conn.execute(
@@ -172,6 +181,16 @@ def create_app(db_path: str | Path, token: str | None = None) -> FastAPI:
         if (denied := unauthorised(request)) is not None:
             return denied
         return JSONResponse(await run_in_threadpool(store.dump))
+
+    @app.get("/results/{key:path}")
+    async def get_result(key: str, request: Request) -> JSONResponse:
+        """Look up one delivery by its idempotency key (404 if it never arrived)."""
+        if (denied := unauthorised(request)) is not None:
+            return denied
+        record = await run_in_threadpool(store.get, key)
+        if record is None:
+            return _error(404, f"no result with idempotency key {key!r}")
+        return JSONResponse(record)
 
     @app.post("/_control")
     async def control(request: Request) -> JSONResponse:

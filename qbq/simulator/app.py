@@ -1,13 +1,25 @@
 """The simulator's FastAPI app: OpenAI's chat completions endpoint, answered by a fake examiner.
 
-Requests pass through `SimState.stages`, any of which may stop them with a `SimAPIError`.
+Requests pass through `SimState.stages`, any of which may stop them with a `SimAPIError`: the
+checks OpenAI makes, then the fault draw and the rate limits. An accepted request is then
+answered after the simulated latency, spoiled by its fault if it drew one.
+
+Time: the simulator keeps simulated time, `time_scale` times faster than wall time. Buckets
+refill and latencies run in simulated time; `retry-after` and `x-ratelimit-reset-*` headers are
+wall seconds, so a client honouring them behaves right; `/_sim/stats` timelines are simulated
+seconds.
+
+Status codes in `/_sim/stats` are those sent, plus 499 for an accepted request whose client
+went away before the answer (the simulator stops waiting for it then).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -17,13 +29,26 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qbq.catalog import MODELS, ModelSpec, get_model_spec
 from qbq.errors import UnknownModelError
-from qbq.simulator.config import SimConfig
-from qbq.simulator.grading import grade, parse_prompt, reply_content
+from qbq.simulator.config import RUNTIME_FIELDS, SimConfig
+from qbq.simulator.faults import (
+    CONTENT_FAULTS,
+    FAULT_KINDS,
+    STATUS_FAULTS,
+    Fault,
+    FaultPlan,
+    spoil_reply,
+)
+from qbq.simulator.grading import dump_content, fit_answer, grade, parse_prompt
 from qbq.simulator.images import LoadedImage, load_images
+from qbq.simulator.limits import Outcome, RateLimiter, rate_limit_error, rate_limit_headers
+from qbq.simulator.timeline import Timeline
 from qbq.simulator.validation import (
     SimAPIError,
     check_max_completion_tokens,
@@ -35,6 +60,7 @@ from qbq.tokens import chat_prompt_tokens, get_encoding, text_tokens
 
 __all__ = [
     "DEFAULT_STAGES",
+    "FAULT_HEADER",
     "SIMULATED_HEADER",
     "SYSTEM_FINGERPRINT",
     "ChatCall",
@@ -46,7 +72,19 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SIMULATED_HEADER = "x-qbq-simulated"
+#: On a faulted answer: the fault injected, as KIND or KIND:VARIANT (for tests and debugging).
+FAULT_HEADER = "x-qbq-simulated-fault"
 SYSTEM_FINGERPRINT = "qbq-simulator"
+#: The least wait an injected 429 advertises, in simulated seconds.
+FAULT_RETRY_AFTER_S = 1.0
+#: Not an HTTP status sent: counted for accepted requests whose client left before the answer.
+CLIENT_GONE = 499
+
+_SERVER_ERRORS = {
+    500: "The server had an error while processing your request. Sorry about that!",
+    502: "Bad gateway.",
+    503: "The server is overloaded or not ready yet.",
+}
 
 
 @dataclass
@@ -55,6 +93,8 @@ class ChatCall:
 
     request: Request
     config: SimConfig
+    state: SimState | None = None
+    raw_body: bytes = b""
     body: dict[str, Any] = field(default_factory=dict)
     spec: ModelSpec | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
@@ -62,7 +102,14 @@ class ChatCall:
     max_completion_tokens: int | None = None
     images: dict[str, LoadedImage] = field(default_factory=dict)
     prompt_tokens: int = 0
-    #: Extra headers for the response, success or error (e.g. future x-ratelimit-*).
+    #: The bearer key: the rate limits are kept per key.
+    api_key: str = ""
+    #: The fault drawn for this request (None: none) and the script entry it came from.
+    fault: Fault | None = None
+    script_entry: str | None = None
+    #: True once the rate limits accepted the request (it is then in flight until answered).
+    accepted: bool = False
+    #: Extra headers for the response, success or error (x-ratelimit-*, retry-after, faults).
     headers: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -71,24 +118,57 @@ class ChatCall:
             raise RuntimeError("the model stage has not run")
         return self.spec
 
+    @property
+    def sim(self) -> SimState:
+        if self.state is None:
+            raise RuntimeError("this call has no simulator state")
+        return self.state
+
+    @property
+    def charged_tokens(self) -> int:
+        """What the rate limits charge: prompt tokens plus the completion budget."""
+        budget = self.max_completion_tokens
+        return self.prompt_tokens + (budget if budget is not None else self.model.max_output_tokens)
+
 
 Stage = Callable[[ChatCall], Awaitable[None]]
 
 
 class SimState:
-    """Counters of one simulator app, and the stages its chat requests pass through.
+    """Counters, limits, faults and timeline of one simulator app, and its request stages.
 
-    Counters are guarded by a lock, so they stay right whichever thread or task reads them.
+    Everything mutable is guarded by one lock, held only for short computations (never
+    across an await), so it stays right whichever thread or task reads it.
     """
 
     def __init__(self, config: SimConfig, stages: list[Stage]) -> None:
         self.config = config
         self.stages = stages
         self._lock = threading.Lock()
+        self._origin = time.monotonic()
+        self._limiter = RateLimiter(config.rpm, config.tpm)
+        self._timeline = Timeline()
+        self._clear()
+
+    def _clear(self) -> None:
         self._requests = 0
         self._by_status: dict[str, int] = {}
         self._prompt_tokens = 0
         self._completion_tokens = 0
+        self._fault_counts: dict[str, int] = {}
+        self._limiter.reset()
+        self._timeline.reset()
+        self._arm(self.config)
+
+    def _arm(self, config: SimConfig) -> None:
+        self._plan = FaultPlan(config.faults, config.fault_script, config.seed)
+        self._jitter_rng = random.Random(f"qbq-sim-jitter:{config.seed}")
+
+    def now(self) -> float:
+        """Simulated seconds since the app started."""
+        return (time.monotonic() - self._origin) * self.config.time_scale
+
+    # --- counters ---------------------------------------------------------------------------
 
     def record(self, status: int, *, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         with self._lock:
@@ -106,14 +186,91 @@ class SimState:
                 "by_status": dict(self._by_status),
                 "prompt_tokens": self._prompt_tokens,
                 "completion_tokens": self._completion_tokens,
+                "limits": {"rpm": self.config.rpm, "tpm": self.config.tpm},
+                "time_scale": self.config.time_scale,
+                "faults": dict(self._fault_counts),
+                "timeline": self._timeline.snapshot(self.now()),
             }
 
     def reset(self) -> None:
+        """Counters, timeline, buckets and fault counts cleared; the fault script starts again."""
         with self._lock:
-            self._requests = 0
-            self._by_status = {}
-            self._prompt_tokens = 0
-            self._completion_tokens = 0
+            self._clear()
+
+    # --- run-time configuration -------------------------------------------------------------
+
+    def update_config(self, changes: dict[str, Any]) -> SimConfig:
+        """Apply `changes` (fields of RUNTIME_FIELDS) now; raises ValueError when invalid.
+
+        Buckets keep what they have used under new limits; changing faults, the script or the
+        seed starts the fault sequence (and the jitter sequence) again.
+        """
+        unknown = sorted(set(changes) - RUNTIME_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"cannot change {', '.join(unknown)} at run time; changeable: "
+                + ", ".join(sorted(RUNTIME_FIELDS))
+            )
+        with self._lock:
+            config = SimConfig(**{**self.config.model_dump(), **changes})
+            self.config = config
+            self._limiter.configure(config.rpm, config.tpm, self.now())
+            if {"faults", "fault_script", "seed"} & set(changes):
+                self._arm(config)
+            return config
+
+    # --- the life of a chat request ---------------------------------------------------------
+
+    def draw_fault(self) -> tuple[Fault | None, str | None]:
+        with self._lock:
+            return self._plan.next()
+
+    def admit(self, call: ChatCall) -> Outcome:
+        """Charge `call` to its key's buckets, or refuse it (an injected 429 always refuses).
+
+        An accepted request joins the timeline as in flight and its fault is counted; a
+        refused one counts as rejected, and gives its script entry back unless the fault
+        itself was the 429.
+        """
+        tokens = call.charged_tokens
+        with self._lock:
+            now = self.now()
+            injected = call.fault is not None and call.fault.kind == "rate_limit"
+            if injected:
+                outcome = self._limiter.refuse(call.api_key, tokens, now)
+            else:
+                outcome = self._limiter.acquire(call.api_key, tokens, now)
+            if outcome.accepted:
+                self._timeline.start(now, tokens)
+            else:
+                self._timeline.reject(now)
+                if not injected and call.script_entry is not None:
+                    self._plan.give_back(call.script_entry)
+            if call.fault is not None and (outcome.accepted or injected):
+                self._fault_counts[call.fault.kind] = self._fault_counts.get(call.fault.kind, 0) + 1
+            return outcome
+
+    def start(self, tokens: int) -> None:
+        """A request starts without the rate-limit stage (when a caller removed it)."""
+        with self._lock:
+            self._timeline.start(self.now(), tokens)
+
+    def finish(self) -> None:
+        """An accepted request has been answered (or abandoned): no longer in flight."""
+        with self._lock:
+            self._timeline.finish(self.now())
+
+    def latency_s(self, completion_tokens: int) -> float:
+        """Wall seconds to wait before an answer with `completion_tokens` tokens."""
+        config = self.config
+        simulated_ms = config.latency_ms + config.ms_per_output_token * completion_tokens
+        if simulated_ms <= 0:
+            return 0.0
+        factor = 1.0
+        if config.jitter > 0:
+            with self._lock:
+                factor = self._jitter_rng.lognormvariate(0.0, config.jitter)
+        return simulated_ms * factor / 1000 / config.time_scale
 
 
 # --- stages -----------------------------------------------------------------------------------
@@ -139,11 +296,13 @@ async def authenticate(call: ChatCall) -> None:
             "https://platform.openai.com/account/api-keys.",
             code="invalid_api_key",
         )
+    call.api_key = key
 
 
 async def parse_body(call: ChatCall) -> None:
     """400 unless the body is a JSON object."""
     raw = await call.request.body()
+    call.raw_body = raw
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -233,7 +392,35 @@ async def count_prompt(call: ChatCall) -> None:
         )
 
 
-#: The stages of a chat request, in order; later features (rate limits, faults) insert theirs.
+async def draw_fault(call: ChatCall) -> None:
+    """The fault for this request, if any (drawn once every check has passed)."""
+    call.fault, call.script_entry = call.sim.draw_fault()
+
+
+async def enforce_rate_limits(call: ChatCall) -> None:
+    """429 over the key's RPM/TPM (or for an injected `rate_limit` fault); else charge it."""
+    state = call.sim
+    outcome = state.admit(call)
+    time_scale = state.config.time_scale
+    call.headers.update(rate_limit_headers(outcome, time_scale))
+    if outcome.accepted:
+        call.accepted = True
+        return
+    injected = call.fault is not None and call.fault.kind == "rate_limit"
+    error, headers = rate_limit_error(
+        outcome,
+        call.model.name,
+        time_scale,
+        min_wait_s=FAULT_RETRY_AFTER_S if injected else 0.0,
+        injected=injected,
+    )
+    call.headers.update(headers)
+    if injected and call.fault is not None:
+        call.headers[FAULT_HEADER] = call.fault.label
+    raise error
+
+
+#: The stages of a chat request, in order: OpenAI's checks, then the fault draw and the limits.
 DEFAULT_STAGES: tuple[Stage, ...] = (
     authenticate,
     parse_body,
@@ -241,6 +428,8 @@ DEFAULT_STAGES: tuple[Stage, ...] = (
     check_request,
     fetch_images,
     count_prompt,
+    draw_fault,
+    enforce_rate_limits,
 )
 
 
@@ -252,16 +441,38 @@ def _truncate(text: str, limit: int, encoding: str) -> str:
     return enc.decode(enc.encode_ordinary(text)[:limit])
 
 
+def _cut_in_half(text: str, encoding: str) -> str:
+    enc = get_encoding(encoding)
+    tokens = enc.encode_ordinary(text)
+    return enc.decode(tokens[: max(1, len(tokens) // 2)])
+
+
 def complete(call: ChatCall) -> dict[str, Any]:
-    """The chat.completion object answering a checked request."""
+    """The chat.completion object answering a checked request (spoiled by a content fault)."""
     spec = call.model
     prompt = parse_prompt(call.messages)
-    answer = grade(prompt, lambda url: call.images[url].data)
-    content = reply_content(answer, call.response_format)
-    completion_tokens = text_tokens(content, spec.encoding)
+    answer = fit_answer(grade(prompt, lambda url: call.images[url].data), call.response_format)
+    content: str | None = dump_content(answer, call.response_format)
+    refusal: str | None = None
     finish_reason = "stop"
+    fault = call.fault
+    if fault is not None and fault.kind in CONTENT_FAULTS and content is not None:
+        seed = str(call.config.seed).encode()
+        spoiled = spoil_reply(
+            fault,
+            answer if isinstance(answer, dict) else {},
+            content,
+            dump=lambda changed: dump_content(changed, call.response_format),
+            cut=lambda text: _cut_in_half(text, spec.encoding),
+            max_marks={q.question_number: q.max_mark for q in prompt.questions},
+            request_key=hashlib.sha256(seed + b"\0" + call.raw_body).digest(),
+        )
+        content, refusal, finish_reason = spoiled.content, spoiled.refusal, spoiled.finish_reason
+        label = fault.kind if spoiled.variant is None else f"{fault.kind}:{spoiled.variant}"
+        call.headers[FAULT_HEADER] = label
+    completion_tokens = text_tokens(content if content is not None else refusal or "", spec.encoding)
     limit = call.max_completion_tokens
-    if limit is not None and completion_tokens > limit:
+    if content is not None and limit is not None and completion_tokens > limit:
         # As OpenAI does: the reply is cut at the budget and finish_reason says so.
         content = _truncate(content, limit, spec.encoding)
         completion_tokens = limit
@@ -277,7 +488,7 @@ def complete(call: ChatCall) -> dict[str, Any]:
                 "message": {
                     "role": "assistant",
                     "content": content,
-                    "refusal": None,
+                    "refusal": refusal,
                     "annotations": [],
                 },
                 "logprobs": None,
@@ -305,19 +516,117 @@ def _error_response(error: SimAPIError, headers: dict[str, str]) -> JSONResponse
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
+async def _client_gone(receive: Receive) -> bool:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return True
+
+
+async def _wait_unless_gone(request: Request, seconds: float) -> bool:
+    """Sleep `seconds` (wall); True, early, if the client closed the connection meanwhile."""
+    if seconds <= 0:
+        return False
+    sleeper = asyncio.ensure_future(asyncio.sleep(seconds))
+    watcher = asyncio.ensure_future(_client_gone(request.receive))
+    try:
+        done, _ = await asyncio.wait({sleeper, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        watcher.cancel()
+    return watcher in done and not watcher.cancelled() and watcher.exception() is None
+
+
+class DroppedResponse(Response):
+    """A 200 whose connection drops mid-body: Content-Length promises more than is sent.
+
+    The server closes the connection when the app returns without finishing the body, so
+    the client sees an incomplete message (a protocol/connection error).
+    """
+
+    def __init__(self, content: bytes, headers: dict[str, str]) -> None:
+        super().__init__(content, status_code=200, headers=headers, media_type="application/json")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        half = self.body[: len(self.body) // 2]
+        await send({"type": "http.response.body", "body": half, "more_body": True})
+        # Returning here, the body unfinished, makes uvicorn close the connection.
+
+
+async def answer(call: ChatCall, headers: dict[str, str]) -> Response:
+    """The answer to an accepted request: a fault's, or the completion after its latency."""
+    state = call.sim
+    fault = call.fault
+    if fault is not None:
+        call.headers[FAULT_HEADER] = fault.label
+    if fault is not None and fault.kind in STATUS_FAULTS:
+        status = STATUS_FAULTS[fault.kind]
+        if await _wait_unless_gone(call.request, state.latency_s(0)):
+            state.record(CLIENT_GONE)
+            return Response(status_code=204)
+        state.record(status)
+        error = SimAPIError(status, _SERVER_ERRORS[status], type="server_error")
+        return _error_response(error, {**headers, **call.headers})
+    if (
+        fault is not None
+        and fault.kind == "timeout"
+        and await _wait_unless_gone(call.request, call.config.hang_s)
+    ):
+        state.record(CLIENT_GONE)
+        return Response(status_code=204)
+    completion = await asyncio.to_thread(complete, call)
+    usage = completion["usage"]
+    if await _wait_unless_gone(call.request, state.latency_s(usage["completion_tokens"])):
+        state.record(CLIENT_GONE)
+        return Response(status_code=204)
+    state.record(
+        200,
+        prompt_tokens=usage["prompt_tokens"],
+        completion_tokens=usage["completion_tokens"],
+    )
+    if fault is not None and fault.kind == "disconnect":
+        return DroppedResponse(json.dumps(completion).encode(), {**headers, **call.headers})
+    return JSONResponse(completion, headers={**headers, **call.headers})
+
+
+class LabelSimulated:
+    """Pure ASGI middleware: every HTTP response carries `x-qbq-simulated: true`.
+
+    (Pure ASGI rather than BaseHTTPMiddleware, so a deliberately dropped body passes through.)
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def labelled(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[SIMULATED_HEADER] = "true"
+            await send(message)
+
+        await self.app(scope, receive, labelled)
+
+
+def _public_config(config: SimConfig) -> dict[str, Any]:
+    data = config.model_dump(exclude={"api_key"})
+    data["api_key_required"] = config.api_key is not None
+    data["fault_kinds"] = list(FAULT_KINDS)
+    return data
+
+
 def create_app(config: SimConfig) -> FastAPI:
     """A fresh simulator app; its `SimState` is `app.state.sim`."""
     app = FastAPI(title="qbq OpenAI simulator", docs_url=None, redoc_url=None, openapi_url=None)
     state = SimState(config, list(DEFAULT_STAGES))
     app.state.sim = state
-
-    @app.middleware("http")
-    async def label_simulated(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        response.headers[SIMULATED_HEADER] = "true"
-        return response
+    app.add_middleware(LabelSimulated)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -333,12 +642,16 @@ def create_app(config: SimConfig) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        call = ChatCall(request=request, config=state.config)
+        call = ChatCall(request=request, config=state.config, state=state)
         headers = {"x-request-id": f"req_sim_{uuid.uuid4().hex}"}
         try:
             for stage in state.stages:
                 await stage(call)
-            completion = await asyncio.to_thread(complete, call)
+            if not call.accepted:
+                # Stages without the rate-limit stage: nothing has been started yet.
+                state.start(call.charged_tokens)
+                call.accepted = True
+            return await answer(call, headers)
         except SimAPIError as exc:
             state.record(exc.status)
             return _error_response(exc, {**headers, **call.headers})
@@ -351,15 +664,9 @@ def create_app(config: SimConfig) -> FastAPI:
                 type="server_error",
             )
             return _error_response(error, {**headers, **call.headers})
-        if state.config.latency_ms > 0:
-            await asyncio.sleep(state.config.latency_ms / 1000)
-        usage = completion["usage"]
-        state.record(
-            200,
-            prompt_tokens=usage["prompt_tokens"],
-            completion_tokens=usage["completion_tokens"],
-        )
-        return JSONResponse(completion, headers={**headers, **call.headers})
+        finally:
+            if call.accepted:
+                state.finish()
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:
@@ -382,5 +689,30 @@ def create_app(config: SimConfig) -> FastAPI:
     async def reset() -> dict[str, Any]:
         state.reset()
         return state.snapshot()
+
+    @app.get("/_sim/config")
+    async def get_config() -> dict[str, Any]:
+        return _public_config(state.config)
+
+    @app.post("/_sim/config")
+    async def set_config(request: Request) -> Response:
+        """Change rpm, tpm, latency, jitter, faults, fault_script, hang_s or seed now."""
+        try:
+            changes = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            changes = None
+        if not isinstance(changes, dict):
+            error = SimAPIError(400, "POST /_sim/config takes a JSON object of settings to change.")
+            return _error_response(error, {})
+        try:
+            new = state.update_config(changes)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+            )
+            return _error_response(SimAPIError(400, f"Invalid simulator settings: {problems}"), {})
+        except ValueError as exc:
+            return _error_response(SimAPIError(400, f"Invalid simulator settings: {exc}"), {})
+        return JSONResponse(_public_config(new))
 
     return app

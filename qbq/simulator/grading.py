@@ -21,6 +21,8 @@ __all__ = [
     "ParsedPrompt",
     "SimQuestion",
     "conform",
+    "dump_content",
+    "fit_answer",
     "grade",
     "parse_prompt",
     "reply_content",
@@ -266,13 +268,24 @@ def conform(value: Any, schema: Any, root: Mapping[str, Any] | None = None) -> A
     return value
 
 
+def fit_answer(answer: dict[str, Any], response_format: Mapping[str, Any] | None) -> Any:
+    """`answer` fitted to the requested json_schema, if one was asked; else unchanged."""
+    kind = response_format.get("type") if response_format is not None else "text"
+    if kind == "json_schema" and response_format is not None:
+        return conform(answer, response_format["json_schema"]["schema"])
+    return answer
+
+
+def dump_content(answer: Any, response_format: Mapping[str, Any] | None) -> str:
+    """`answer` as compact JSON; without a JSON response format the text starts "[simulated] "."""
+    kind = response_format.get("type") if response_format is not None else "text"
+    dumped = json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
+    return dumped if kind in ("json_schema", "json_object") else FEEDBACK_PREFIX + dumped
+
+
 def reply_content(answer: dict[str, Any], response_format: Mapping[str, Any] | None) -> str:
     """The message content: `answer` as compact JSON, fitted to a json_schema if one was asked.
 
     Without a JSON response format the text starts with "[simulated] ".
     """
-    kind = response_format.get("type") if response_format is not None else "text"
-    if kind == "json_schema" and response_format is not None:
-        answer = conform(answer, response_format["json_schema"]["schema"])
-    dumped = json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
-    return dumped if kind in ("json_schema", "json_object") else FEEDBACK_PREFIX + dumped
+    return dump_content(fit_answer(answer, response_format), response_format)

@@ -77,7 +77,10 @@ class BackgroundServer:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("the server is already running")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY on accepted connections only
+        # when the listening socket says TCP; without it every keep-alive response stalls
+        # ~40 ms (Nagle against delayed ACKs).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((LOOPBACK, self._requested_port))

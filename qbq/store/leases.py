@@ -22,6 +22,7 @@ from qbq.store.repository import StoreStateError
 
 __all__ = [
     "BatchClaim",
+    "OutboxClaim",
     "acquire_batch_lease",
     "acquire_outbox_lease",
     "new_owner_id",
@@ -112,24 +113,33 @@ def renew_batch_lease(session: Session, key: str, *, owner: str, now: datetime,
     return _rowcount(session.execute(stmt)) == 1
 
 
+OutboxClaim = Literal["claimed", "taken_over", "busy"]
+
+
 def acquire_outbox_lease(session: Session, outbox_id: int, *, owner: str, now: datetime,
-                         lease_s: float) -> bool:
-    """Claim a due, pending delivery for sending; False if another live sender holds it."""
+                         lease_s: float) -> OutboxClaim:
+    """Claim a pending delivery for sending (the caller decides whether it is due).
+
+    `claimed`: nobody was sending it. `taken_over`: a sender died or timed out while holding it,
+    so its POST may or may not have arrived — check before sending again. `busy`: a live sender
+    holds it, or it is no longer pending.
+    """
     expires = now + timedelta(seconds=lease_s)
+    current = session.execute(
+        select(OutboxRow.status, OutboxRow.lease_owner, OutboxRow.lease_expires_at)
+        .where(OutboxRow.id == outbox_id)
+    ).one_or_none()
+    if current is None or current.status != "pending":
+        return "busy"
+    previous = current.lease_owner
+    if previous is not None:
+        expired = current.lease_expires_at is not None and current.lease_expires_at < now
+        if not (expired or owner_is_dead(previous)):
+            return "busy"
     stmt = update(OutboxRow).where(
         OutboxRow.id == outbox_id, OutboxRow.status == "pending",
-        OutboxRow.next_attempt_at <= now,
-        or_(OutboxRow.lease_owner.is_(None), OutboxRow.lease_expires_at < now),
+        OutboxRow.lease_owner.is_(None) if previous is None else OutboxRow.lease_owner == previous,
     ).values(lease_owner=owner, lease_expires_at=expires)
-    if _rowcount(session.execute(stmt)) == 1:
-        return True
-    current = session.execute(
-        select(OutboxRow.status, OutboxRow.lease_owner).where(OutboxRow.id == outbox_id)
-    ).one_or_none()
-    if current is None or current.status != "pending" or not owner_is_dead(current.lease_owner):
-        return False
-    steal = update(OutboxRow).where(
-        OutboxRow.id == outbox_id, OutboxRow.status == "pending",
-        OutboxRow.lease_owner == current.lease_owner,
-    ).values(lease_owner=owner, lease_expires_at=expires)
-    return _rowcount(session.execute(steal)) == 1
+    if _rowcount(session.execute(stmt)) != 1:
+        return "busy"
+    return "claimed" if previous is None else "taken_over"

@@ -191,13 +191,19 @@ def test_grades_from_truth_and_counts_like_the_planner(
     assert json.loads(again.choices[0].message.content or "") == reply
 
     stats = httpx.get(sim.url + "/_sim/stats").json()
-    assert stats == {
+    assert {key: stats[key] for key in ("simulated", "requests", "by_status")} == {
         "simulated": True,
         "requests": 2,
         "by_status": {"200": 2},
-        "prompt_tokens": 2 * expected_prompt,
-        "completion_tokens": 2 * usage.completion_tokens,
     }
+    assert stats["prompt_tokens"] == 2 * expected_prompt
+    assert stats["completion_tokens"] == 2 * usage.completion_tokens
+    assert stats["limits"] == {"rpm": None, "tpm": None}
+    assert stats["faults"] == {}
+    # Unlimited, yet the timeline counts what the limits would charge: prompt + model maximum.
+    charged = expected_prompt + 2000 + expected_prompt + get_model_spec(MODEL).max_output_tokens
+    assert sum(second["tokens"] for second in stats["timeline"]) == charged
+    assert sum(second["started"] for second in stats["timeline"]) == 2
 
 
 def test_tile_model_counts_detail(client: openai.OpenAI, image_server: str) -> None:
