@@ -20,16 +20,13 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +37,7 @@ from sqlalchemy import select
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.harness import pg_database, prefect_server  # noqa: E402
 from qbq.receiver import create_app as create_receiver  # noqa: E402
 from qbq.sample import truth_of, write_sample  # noqa: E402
 from qbq.simulator import BackgroundServer, SimConfig  # noqa: E402
@@ -141,68 +139,6 @@ class SlowResults:
                 self.posting.discard(key)
             return
         await self.app(scope, receive, send)
-
-
-# --- a real Prefect server -----------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def prefect_server(home: Path, database_url: str | None) -> Iterator[str]:
-    """`prefect server start` on loopback; yields its API URL."""
-    port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_UI_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
-    if database_url:
-        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host",
-                             "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"prefect server exited: {(home / 'server.log').read_text()}")
-            time.sleep(0.5)
-        else:
-            raise RuntimeError("prefect server did not start within 120 s")
-        yield url
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-def _pg_database() -> tuple[str, Callable[[], None]] | None:
-    try:
-        import psycopg
-
-        admin = "postgresql://postgres@127.0.0.1:5432/test"
-        name = f"qbq_chaos_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except Exception:  # noqa: BLE001 - optional: fall back to SQLite when unavailable
-        return None
-
-    def drop() -> None:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return name, drop
 
 
 # --- episodes ------------------------------------------------------------------------------------
@@ -409,12 +345,12 @@ def run_chaos(*, kills: int, seed: int = 1, students: int = 9, store: str = "sql
         cleanups: list[Callable[[], None]] = []
         store_url = f"sqlite:///{root / 'qbq.db'}"
         if store == "postgres":
-            made = _pg_database()
+            made = pg_database()
             if made is None:
                 raise RuntimeError("PostgreSQL is not reachable at 127.0.0.1:5432")
             store_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{made[0]}"
             cleanups.append(made[1])
-        prefect_db = _pg_database()
+        prefect_db = pg_database()
         if prefect_db is not None:
             cleanups.append(prefect_db[1])
         db_store = Store(store_url)

@@ -8,13 +8,15 @@ from uuid import UUID
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from flows.artifacts import publish_run_artifacts
+from flows.config import make_task_runner, resolve_config
 from qbq.grading import BatchOutcome
+from qbq.observability.logs import configure_logging
 from qbq.progress import BatchProgress, publish
 from qbq.request import LegacyRequest, NativeRequest
-from qbq.settings import GradingPolicy, get_settings
+from qbq.wiring import forget_run
 from tasks.grading import (
     deliver_task,
     finalize_task,
@@ -28,22 +30,37 @@ __all__ = ["grade_assessment"]
 
 @flow(
     name="grade-assessment",
-    task_runner=cast(Any, ThreadPoolTaskRunner(max_workers=get_settings().max_in_flight)),
+    task_runner=cast(Any, make_task_runner()),
     log_prints=False,
 )
 def grade_assessment(
     request: NativeRequest | LegacyRequest | None = None,
     request_path: str | None = None,
+    provider_block: str | None = None,
+    results_block: str | None = None,
+    policy_block: str | None = None,
 ) -> dict[str, Any]:
     """Grade one request (inline `request`, or a JSON file at `request_path` on the worker).
 
     Returns the run summary (counts, tokens, cost; no personal data). Settings come from the
     `QBQ_*` environment; relative page paths of an inline request resolve against the worker's
     working directory.
+
+    Args:
+        request: The grading request itself (native or legacy format). Give this or
+            request_path.
+        request_path: Path of a request JSON file on the worker (relative page paths resolve
+            against its folder).
+        provider_block: Name of an OpenAIProvider block (API key, base URL, rate limits);
+            empty: the worker's OPENAI_* and QBQ_* settings.
+        results_block: Name of a ResultsAPI block (where the payload is POSTed); empty: the
+            worker's QBQ_RESULTS_API_URL.
+        policy_block: Name of a qbq-grading-policy block (coverage threshold, retries,
+            margins); empty: the worker's QBQ_* settings.
     """
+    configure_logging()
     logger = get_run_logger()
-    settings = get_settings()
-    policy = GradingPolicy()
+    settings, policy = resolve_config(provider_block, results_block, policy_block)
     if (request is None) == (request_path is None):
         raise ValueError("give exactly one of request or request_path")
     source: dict[str, Any] | str = (
@@ -62,14 +79,19 @@ def grade_assessment(
                                            description=f"batches graded of {total}")
     futures = grade_batch_task.map(plan.batches, unmapped(quote(prepared)), unmapped(settings),
                                    unmapped(policy))
+    shown = 0.0
     for done, future in enumerate(as_completed(futures), start=1):
         state = future.state
         outcome = future.result(raise_on_failure=False) if state.is_completed() else None
         from_store = isinstance(outcome, BatchOutcome) and outcome.from_store
         publish(BatchProgress(plan.process_id, done, total,
                               "succeeded" if state.is_completed() else "failed", from_store))
-        update_progress_artifact(cast(UUID, artifact_id), progress=100.0 * done / total)
+        progress = 100.0 * done / total
+        if progress - shown >= 1.0 or done == total:  # one API call per percent, not per batch
+            update_progress_artifact(cast(UUID, artifact_id), progress=progress)
+            shown = progress
 
+    forget_run(plan.process_id)
     native = finalize_task(prepared, settings, policy)
     summary = native.summary.model_dump(mode="json")
     result: dict[str, Any] = {"process_id": plan.process_id, "status": native.status, **summary}
@@ -80,6 +102,7 @@ def grade_assessment(
         if report.failed:
             logger.warning("delivery failed (%s); the outbox keeps the payload for "
                            "the deliver-results flow", report.last_error)
+    publish_run_artifacts(plan.process_id, settings, max_marks=prepared.request.max_marks)
     logger.info("process %s %s: %d/%d students graded", plan.process_id, native.status,
                 native.summary.graded, native.summary.students)
     return result

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from qbq.cli_reports import register as register_reports
 from qbq.errors import InputError, PlanningError, QbqError
 from qbq.payload import NativePayload
 from qbq.settings import GradingPolicy, get_settings
@@ -27,6 +28,7 @@ __all__ = ["app", "main"]
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Grade scanned student answers question by question with an OpenAI "
                        "vision model, as a Prefect flow.")
+register_reports(app)
 console = Console()
 err = Console(stderr=True)
 
@@ -84,6 +86,9 @@ def run_grade(request_path: Path, *, verbose: bool, out: Path | None) -> NativeP
     """Run the grade-assessment flow in this process with a progress bar; return the payload."""
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from qbq.observability.logs import configure_logging
+
+    configure_logging()
     prepared = _preflight(request_path)
     from flows.grade_assessment import grade_assessment
     from qbq import pipeline

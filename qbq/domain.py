@@ -93,7 +93,8 @@ class GradingRequest:
         canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canon.encode()).hexdigest()
 
-    def request_hash(self) -> str:
+    @cached_property
+    def _request_hash(self) -> str:
         """Identity of the whole grading job: same request → same hash → same process."""
         body = {
             "assessment_id": self.assessment_id,
@@ -104,5 +105,8 @@ class GradingRequest:
         canon = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canon.encode()).hexdigest()
 
+    def request_hash(self) -> str:
+        return self._request_hash
+
     def process_id(self) -> str:
-        return "qbq-" + self.request_hash()[:24]
+        return "qbq-" + self._request_hash[:24]

@@ -14,8 +14,10 @@ Retries live here and only here (the SDK's and Prefect's are off):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from qbq.errors import (
 )
 from qbq.images import encode_data_uri, inspect_image
 from qbq.limiter import RateLimiter
+from qbq.observability.logs import log_batch_event
 from qbq.planning import PlannedBatch, prompt_questions
 from qbq.prompts import StudentPages, build_messages, response_format
 from qbq.provider import ChatProvider, ChatReply
@@ -82,6 +85,7 @@ class GradingDeps:
     policy: GradingPolicy
     guards: RunGuards
     limiter: RateLimiter | None
+    in_flight: threading.Semaphore | None = None
     keep_raw_responses: bool = False
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
@@ -153,6 +157,7 @@ class _BatchRun:
                  owner: str) -> None:
         self.batch = batch
         self.owner = owner
+        self.process_id = request.process_id()
         self.request = request
         self.deps = deps
         self.key = batch.idempotency_key
@@ -161,6 +166,7 @@ class _BatchRun:
         self._answer_urls = [page_url(p) for p in request.model_answer_pages]
         self._page_urls: dict[str, list[str]] = {}
         self._first_call = True
+        self._renewed = time.monotonic()
 
     # -- one request -----------------------------------------------------------------------
 
@@ -176,30 +182,29 @@ class _BatchRun:
             self._page_urls[student.ref] = [page_url(p) for p in student.pages]
         return self._page_urls[student.ref]
 
-    def _cost(self) -> int:
-        """Tokens to reserve: the planned estimate (an upper bound for any subset of the batch;
-        `settle` gives back what the provider did not charge)."""
-        return self.batch.prompt_tokens + self.batch.max_completion_tokens
-
-    def _call(self, students: Sequence[Student], correction: str | None) -> ChatReply:
+    def _call(self, students: Sequence[Student], correction: str | None,
+              max_tokens: int | None = None) -> ChatReply:
         deps = self.deps
-        cost = self._cost()
-        if not self._first_call:
+        max_tokens = max_tokens or self.batch.max_completion_tokens
+        # the planned prompt is an upper bound for any subset of the batch; `settle` gives back
+        # what the provider did not charge
+        cost = self.batch.prompt_tokens + max_tokens
+        retry = not self._first_call
+        if retry:
             deps.guards.budget.spend(cost)
         self._first_call = False
         deps.guards.breaker.before_call()
-        reservation = deps.limiter.acquire(cost) if deps.limiter else None
-        with deps.store.transaction() as session:  # the wait may have been long: keep our claim
-            repo_leases.renew_batch_lease(session, self.key, owner=self.owner, now=utcnow(),
-                                   lease_s=deps.policy.lease_s)
-        self.tally.attempts += 1
+        messages = self._messages(students, correction)
+        fmt = response_format([s.ref for s in students], list(self.max_marks))
+        slot = deps.in_flight or contextlib.nullcontext()
         try:
-            reply = deps.provider.complete(
-                model=self.request.model,
-                messages=self._messages(students, correction),
-                response_format=response_format([s.ref for s in students], list(self.max_marks)),
-                max_completion_tokens=self.batch.max_completion_tokens,
-            )
+            with slot:  # a request slot first, then the rate: a reserved start is never idle
+                reservation = deps.limiter.acquire(cost) if deps.limiter else None
+                self._keep_lease()
+                self.tally.attempts += 1
+                reply = deps.provider.complete(
+                    model=self.request.model, messages=messages, response_format=fmt,
+                    max_completion_tokens=max_tokens)
         except ProviderError as exc:
             deps.guards.breaker.record_failure()
             if isinstance(exc, RateLimitedError) and deps.limiter is not None:
@@ -208,19 +213,33 @@ class _BatchRun:
             raise
         deps.guards.breaker.record_success()
         self.tally.add(reply)
+        if retry:
+            deps.guards.budget.charge(reply.prompt_tokens + reply.completion_tokens)
         if deps.limiter is not None and reservation is not None:
-            charged = reply.prompt_tokens + self.batch.max_completion_tokens
+            charged = reply.prompt_tokens + max_tokens
             deps.limiter.settle(reservation, charged if reply.prompt_tokens else None,
                                 reply.rate_headers)
         return reply
+
+    def _keep_lease(self) -> None:
+        """Renew our claim once a third of it has passed (waits for the limiter can be long)."""
+        now = time.monotonic()
+        if now - self._renewed < self.deps.policy.lease_s / 3:
+            return
+        with self.deps.store.transaction() as session:
+            repo_leases.renew_batch_lease(session, self.key, owner=self.owner, now=utcnow(),
+                                          lease_s=self.deps.policy.lease_s)
+        self._renewed = now
 
     def _record(self, exc: QbqError) -> None:
         with self.deps.store.transaction() as session:
             repo.record_attempt_error(session, self.key, attempt=self.tally.attempts,
                                       error_type=exc.error_type, stage=exc.stage,
                                       detail=exc.message[:500])
-        log.info("batch %d attempt %d failed: %s", self.batch.index, self.tally.attempts,
-                 exc.error_type)
+        log_batch_event(log, "batch_attempt_failed", process_id=self.process_id,
+                        batch_id=self.batch.index, idempotency_key=self.key,
+                        model=self.request.model, attempt=self.tally.attempts,
+                        error_type=exc.error_type, stage=exc.stage)
 
     # -- a group of students -----------------------------------------------------------------
 
@@ -240,10 +259,11 @@ class _BatchRun:
         transient = 0
         reasks = 0
         correction: str | None = None
+        max_tokens = self.batch.max_completion_tokens
         while pending:
             refs = [s.ref for s in pending]
             try:
-                reply = self._call(pending, correction)
+                reply = self._call(pending, correction, max_tokens)
                 parsed = parse_reply(reply.content, finish_reason=reply.finish_reason,
                                      refusal=reply.refusal)
                 checked = check_reply(parsed, refs, self.max_marks)
@@ -270,8 +290,14 @@ class _BatchRun:
             except TruncatedResponseError as exc:
                 self._record(exc)
                 if len(pending) == 1:
-                    out.fail(refs, exc, "the reply was cut off even for this student alone")
-                    return out
+                    # one student cannot be split: give the reply more room, up to the model's max
+                    ceiling = self.request.spec.max_output_tokens
+                    if max_tokens >= ceiling:
+                        out.fail(refs, exc, "the reply was cut off even for this student alone "
+                                 f"at the model's {ceiling:,} output tokens")
+                        return out
+                    max_tokens = min(ceiling, max_tokens * 2)
+                    continue
                 half = (len(pending) + 1) // 2
                 self.deps.guards.size_hint.shrink_to(half)
                 log.info("batch %d: reply truncated; splitting %d students into %d + %d",
@@ -330,6 +356,9 @@ def grade_batch(batch: PlannedBatch, request: GradingRequest, deps: GradingDeps)
     key = batch.idempotency_key
     owner = new_owner_id()
     if not _claim(batch, deps, owner):
+        log_batch_event(log, "batch_finished", process_id=request.process_id(),
+                        batch_id=batch.index, idempotency_key=key, model=request.model,
+                        status="succeeded", from_store=True)
         return BatchOutcome(batch.index, key, "succeeded", True, len(batch.students),
                             len(batch.students))
     run = _BatchRun(batch, request, deps, owner)
@@ -361,6 +390,16 @@ def _finish(run: _BatchRun, graded: _Graded) -> BatchOutcome:
                                       stage=error.stage, detail=error.message[:500], **usage)
         else:
             repo.record_batch_success(session, key, **usage)
+    failure = error if failed else None
+    log_batch_event(log, "batch_finished", logging.WARNING if failed else logging.INFO,
+                    process_id=run.process_id, batch_id=batch.index, idempotency_key=key,
+                    model=run.request.model, status="failed" if failed else "succeeded",
+                    n_students=len(batch.students), n_graded=len(graded.valid),
+                    tokens_in=tally.prompt_tokens, tokens_out=tally.completion_tokens,
+                    cached_tokens=tally.cached_tokens, latency_ms=tally.latency_ms,
+                    attempt=tally.attempts, retry_count=max(tally.attempts - 1, 0),
+                    error_type=failure.error_type if failure else None,
+                    stage=failure.stage if failure else "grade")
     return BatchOutcome(
         index=batch.index,
         idempotency_key=key,

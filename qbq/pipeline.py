@@ -9,6 +9,7 @@ import json
 from typing import Literal
 
 from qbq.domain import GradingRequest
+from qbq.observability.lifecycle import purge_after_reduce
 from qbq.payload import LegacyPayload, NativePayload
 from qbq.planning import BatchPlan
 from qbq.preparation import Prepared, prepare
@@ -98,4 +99,6 @@ def finalize(store: Store, prepared: Prepared, *, policy: GradingPolicy,
             target_url=settings.results_api_url,
             delivery_key=delivery_key(prepared.plan.process_id),
         )
+    purge_after_reduce(store, [b.idempotency_key for b in prepared.plan.batches],
+                       keep=settings.keep_raw_responses)
     return native

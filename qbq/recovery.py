@@ -95,7 +95,7 @@ class CircuitBreaker:
 
 
 class RetryBudget:
-    """Caps what retries and re-asks may spend in one run: attempts and tokens."""
+    """Caps what retries and re-asks may spend in one run: attempts, and tokens really charged."""
 
     def __init__(self, *, max_retries: int, max_tokens: int) -> None:
         self.max_retries = max_retries
@@ -104,14 +104,19 @@ class RetryBudget:
         self.tokens = 0
         self._lock = threading.Lock()
 
-    def spend(self, tokens: int) -> None:
-        """Take one retry costing up to `tokens`, or raise `RetryBudgetExhaustedError`."""
+    def spend(self, upper_bound_tokens: int) -> None:
+        """Allow one more retry that may cost up to `upper_bound_tokens`, or raise
+        `RetryBudgetExhaustedError`; the tokens it really used are added by `charge`."""
         with self._lock:
-            if self.retries + 1 > self.max_retries or self.tokens + tokens > self.max_tokens:
+            if (self.retries + 1 > self.max_retries
+                    or self.tokens + upper_bound_tokens > self.max_tokens):
                 raise RetryBudgetExhaustedError(
-                    f"retry budget exhausted ({self.retries} retries, {self.tokens:,} tokens "
-                    f"spent of {self.max_retries} / {self.max_tokens:,})")
+                    f"retry budget exhausted ({self.retries} retries and {self.tokens:,} tokens "
+                    f"spent, of {self.max_retries} / {self.max_tokens:,})")
             self.retries += 1
+
+    def charge(self, tokens: int) -> None:
+        with self._lock:
             self.tokens += tokens
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["GradingPolicy", "QbqSettings", "get_settings"]
+__all__ = ["GradingPolicy", "QbqSettings", "get_settings", "task_threads"]
 
 
 class GradingPolicy(BaseSettings):
@@ -127,6 +127,10 @@ class QbqSettings(BaseSettings):
     limiter_url: str | None = Field(
         None, description="redis://... or postgresql+psycopg://... for those backends."
     )
+    limiter_burst_s: float = Field(
+        1.0, gt=0.0, description="Seconds of rate qbq may send at once. Keep it well below the "
+        "provider's enforcement window (OpenAI may enforce per-minute limits per second)."
+    )
     limiter_dir: str = Field(
         "~/.cache/qbq/limiter", description="Folder of the file backend's state (one host)."
     )
@@ -140,7 +144,8 @@ class QbqSettings(BaseSettings):
         None, gt=0, description="Max output tokens for a model missing from the catalogue."
     )
     max_in_flight: int = Field(
-        4, gt=0, description="Batches graded at the same time by one flow run (thread pool size)."
+        4, gt=0, description="Model requests in flight at once from one process (raise it when "
+        "latency × the allowed request rate is larger; the limiter still paces the rate)."
     )
     request_timeout_s: float = Field(
         120.0, gt=0, description="Timeout of one model request, in seconds."
@@ -153,6 +158,12 @@ class QbqSettings(BaseSettings):
         False, description="Keep raw model replies after reduce (they may hold personal data)."
     )
     log_format: Literal["text", "json"] = Field("text", description="Console log format.")
+
+
+def task_threads(settings: QbqSettings) -> int:
+    """Threads for mapped grade tasks: more than the requests in flight, so Prefect's per-task
+    bookkeeping for the next batch overlaps the model calls instead of idling a slot."""
+    return settings.max_in_flight * 2 + 2
 
 
 def get_settings() -> QbqSettings:

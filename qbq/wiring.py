@@ -31,6 +31,8 @@ _providers: dict[tuple[str | None, str | None, str | None, float], ChatProvider]
 _http: dict[tuple[float, str | None], httpx.Client] = {}
 _backends: dict[tuple[str, str | None, str], Backend] = {}
 _guards: dict[str, RunGuards] = {}
+_slots: dict[int, threading.BoundedSemaphore] = {}
+_limiters: dict[tuple[object, ...], RateLimiter] = {}
 
 MISSING_LIMITS = (
     "rate limits are not set: QBQ_RPM and QBQ_TPM must hold this API key's requests and tokens "
@@ -107,7 +109,10 @@ def get_limiter(settings: QbqSettings) -> RateLimiter | None:
             backend = make_backend(settings.limiter_backend, url=settings.limiter_url,
                                    folder=Path(folder))
             _backends[backend_key] = backend
-    return RateLimiter(backend, Limits(settings.rpm, settings.tpm), key_id(*_api_identity(settings)))
+    limits = Limits(settings.rpm, settings.tpm, burst_s=settings.limiter_burst_s)
+    key = key_id(*_api_identity(settings))
+    with _lock:  # one instance per key and limits, so its threads share group commits
+        return _limiters.setdefault((backend_key, limits, key), RateLimiter(backend, limits, key))
 
 
 def _run_guards(plan: BatchPlan, policy: GradingPolicy, limiter: RateLimiter | None) -> RunGuards:
@@ -133,9 +138,12 @@ def _run_guards(plan: BatchPlan, policy: GradingPolicy, limiter: RateLimiter | N
 def get_grading_deps(settings: QbqSettings, policy: GradingPolicy, plan: BatchPlan) -> GradingDeps:
     """Everything `grade_batch` needs, shared by the batches of one run in this process."""
     limiter = get_limiter(settings)
+    with _lock:
+        slots = _slots.setdefault(settings.max_in_flight,
+                                  threading.BoundedSemaphore(settings.max_in_flight))
     return GradingDeps(provider=get_provider(settings), store=get_store(settings), policy=policy,
                        guards=_run_guards(plan, policy, limiter), limiter=limiter,
-                       keep_raw_responses=settings.keep_raw_responses)
+                       in_flight=slots, keep_raw_responses=settings.keep_raw_responses)
 
 
 def forget_run(process_id: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Callable
@@ -47,12 +48,14 @@ class FakeProvider:
         self.qnums = qnums
         self.script = list(script or [])
         self.calls: list[tuple[list[str], list[dict[str, Any]]]] = []
+        self.max_tokens: list[tuple[list[str], int]] = []
 
     def complete(self, *, model: str, messages: list[dict[str, Any]],
                  response_format: dict[str, Any], max_completion_tokens: int) -> ChatReply:
         schema = response_format["json_schema"]["schema"]
         refs = schema["properties"]["students"]["items"]["properties"]["ref"]["enum"]
         self.calls.append((refs, messages))
+        self.max_tokens.append((refs, max_completion_tokens))
         if self.script:
             outcome = self.script.pop(0)(refs, messages)
             if isinstance(outcome, ProviderError):
@@ -214,11 +217,11 @@ def test_truncation_splits_until_every_student_is_graded(setup: tuple[Prepared, 
     assert [len(refs) for refs, _ in provider.calls] == [6, 3, 2, 1, 2, 1]
 
 
-def test_truncation_of_a_single_student_is_a_reasoned_failure(
+def test_a_single_student_cut_off_gets_more_room_then_fails_with_a_reason(
         setup: tuple[Prepared, Store]) -> None:
     prepared, store = setup
     q = qnums(prepared)
-    provider = FakeProvider(q, [lambda r, m: reply('{"students": [', finish="length")] * 50)
+    provider = FakeProvider(q, [lambda r, m: reply('{"students": [', finish="length")] * 200)
 
     outcome = grade_batch(prepared.plan.batches[0], prepared.request,
                           make_deps(store, provider, Clock()))
@@ -226,7 +229,12 @@ def test_truncation_of_a_single_student_is_a_reasoned_failure(
     result = stored(store, outcome.idempotency_key).result
     assert outcome.status == "failed" and outcome.n_graded == 0
     assert all(f["error_type"] == "TruncatedResponseError" for f in result["failures"].values())
-    assert all(len(refs) == 1 for refs, _ in provider.calls[-6:])
+    assert all("model's 32,768 output tokens" in f["reason"]
+               for f in result["failures"].values())
+    # a single student is retried with max_completion_tokens doubling up to the model's max
+    first = [m for refs, m in provider.max_tokens if refs == ["S001"]]
+    assert first[-1] == 32_768
+    assert all(b == min(32_768, 2 * a) for a, b in itertools.pairwise(first))
 
 
 def test_refusal_marks_students_for_review(setup: tuple[Prepared, Store]) -> None:

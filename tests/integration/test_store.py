@@ -335,8 +335,8 @@ def test_concurrent_ensure_batches(store: Store) -> None:
     def plan(i: int) -> None:
         # Every thread plans the same batches, in its own order and transaction.
         mine = specs[i:] + specs[:i]
+        barrier.wait(timeout=30)  # all start together (SQLite then queues their transactions)
         with store.transaction() as s:
-            barrier.wait(timeout=30)
             ensure_batches(s, "p1", mine)
 
     assert _run_threads(n_threads, plan) == []

@@ -1,0 +1,1 @@
+"""Code that serves or deploys the qbq flows; prefect.yaml is the declarative twin."""

@@ -1,0 +1,217 @@
+"""No personal data leaks: a graded run whose pages carry planted names, whose feedback names the
+student, whose page URLs are presigned and one of whose students fails, scanned everywhere a
+person or a log pipeline could read it — none of the planted strings may appear."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from prefect import flow
+from typer.testing import CliRunner
+
+from flows.artifacts import artifact_key, publish_run_artifacts
+from flows.grade_assessment import grade_assessment
+from qbq.cli_reports import register
+from qbq.images import TRUTH_KEY, read_truth
+from qbq.observability.logs import JsonLinesFormatter, configure_logging
+from qbq.sample import write_sample
+from qbq.simulator import BackgroundServer
+from qbq.store import Store, queries
+from tests.integration.conftest import received
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+PLANTED = [("Ottoline", "Featherstonehaugh"), ("Peregrine", "Cholmondeley"),
+           ("Wilhelmina", "Throckmorton"), ("Evangeline", "Marjoribanks"),
+           ("Bartholomew", "Wolstenholme"), ("Clementine", "Auchinleck"),
+           ("Leopoldina", "Ravenscroft")]
+FEEDBACK_MARK = "Persnickety"
+SIGNATURE = "PLANTEDSIG"
+CREDENTIAL = "AKIAPLANTED"
+API_KEY = "sk-test-simulated"
+FAILING = "S003"
+
+
+@pytest.fixture
+def json_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """QBQ_LOG_FORMAT=json for this test, with qbq's loggers also sent to the Prefect API (as
+    PREFECT_LOGGING_EXTRA_LOGGERS=qbq does); the logging setup is restored afterwards."""
+    from prefect.logging.handlers import APILogHandler
+
+    logging.getLogger("qbq")  # a real logger (not a placeholder), so it is saved below
+    loggers = [logging.getLogger(), *(x for x in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(x, logging.Logger))]
+    saved = [(lg, list(lg.handlers), list(lg.filters), lg.level, lg.propagate) for lg in loggers]
+    handler_filters = {id(h): (h, list(h.filters)) for lg in loggers for h in lg.handlers}
+    monkeypatch.setenv("QBQ_LOG_FORMAT", "json")
+    logging.getLogger("qbq").addHandler(APILogHandler())
+    assert configure_logging() == "json"
+    yield
+    for lg, handlers, filters, level, propagate in saved:
+        lg.handlers, lg.filters, lg.level, lg.propagate = handlers, filters, level, propagate
+    for handler, filters in handler_filters.values():
+        handler.filters = filters
+
+
+def _plant(root: Path, base_url: str) -> Path:
+    """A sample served over http with presigned-looking URLs and planted names in the truth."""
+    native = write_sample(root, students=len(PLANTED), pages=2, questions=3, seed=31)
+    body = json.loads(native.read_text())
+    for i, (student, (first, last)) in enumerate(zip(body["students"], PLANTED, strict=True)):
+        for page in student["pages"]:
+            path = root / page["path"]
+            data = path.read_bytes()
+            truth = read_truth(data)
+            if truth is not None:
+                truth["name"] = {"first": first, "last": last}
+                info = PngInfo()
+                info.add_text(TRUTH_KEY, json.dumps(truth))
+                with Image.open(path) as img:
+                    img.load()
+                    img.save(path, format="PNG", pnginfo=info)
+            query = f"X-Amz-Signature={SIGNATURE}{i}&X-Amz-Credential={CREDENTIAL}%2F20260101"
+            page.clear()
+            page.update({"url": f"{base_url}/pages/{path.name}?{query}", "id": path.stem})
+    body["model_answer_pages"] = [{
+        "url": f"{base_url}/pages/model-answer-p1.png?X-Amz-Signature={SIGNATURE}m",
+        "id": "model-answer-p1"}]
+    request = root / "planted.json"
+    request.write_text(json.dumps(body))
+    return request
+
+
+def _planted_feedback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Feedback that names the student (as a real model may); one student always out of range."""
+    import qbq.simulator.app as sim_app
+
+    original = sim_app.grade
+
+    def personal(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = original(*args, **kwargs)
+        for student in answer["students"]:
+            name = student.get("name") or {}
+            for a in student["answers"]:
+                a["feedback"] += f" {FEEDBACK_MARK} work, {name.get('first')} {name.get('last')}!"
+            if student["ref"] == FAILING:
+                student["answers"][0]["mark"] = 99
+        return answer
+
+    monkeypatch.setattr(sim_app, "grade", personal)
+
+
+@flow(name="publish-run-artifacts")
+def publish_flow(process_id: str) -> None:
+    publish_run_artifacts(process_id)
+
+
+def _api_texts(flow_run_id: Any, process_id: str) -> tuple[list[str], list[Any]]:
+    """Logs, artifacts, task and flow run states of the run, read back through the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    texts: list[str] = []
+    runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    with get_client(sync_client=True) as client:
+        logs: list[Any] = []
+        while batch := client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+            limit=200, offset=len(logs)):
+            logs.extend(batch)
+        texts += [f"{log.name} {log.message}" for log in logs]
+        artifacts = client.read_artifacts(flow_run_filter=runs)
+        artifacts += client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+            any_=[artifact_key(process_id, "batches"), artifact_key(process_id, "summary")])))
+        texts += [f"{a.key} {a.type} {a.description} {a.data}" for a in artifacts]
+        for task_run in client.read_task_runs(flow_run_filter=runs):
+            texts.append(f"{task_run.name} {task_run.state_name} "
+                         f"{task_run.state.message if task_run.state else ''}")
+        flow_run = client.read_flow_run(flow_run_id)
+        texts.append(f"{flow_run.name} {flow_run.parameters} "
+                     f"{flow_run.state.message if flow_run.state else ''}")
+    assert {a.type for a in artifacts} >= {"progress", "table", "markdown"}
+    return texts, logs
+
+
+def test_no_names_feedback_urls_keys_or_image_bytes_leak(
+    tmp_path: Path, grading_env: str, receiver: BackgroundServer, sim_stats: Any,
+    static_files: tuple[Path, str], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], json_logs: None,
+) -> None:
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="qbq")
+    _planted_feedback(monkeypatch)
+    root, base_url = static_files
+    request = _plant(root, base_url)
+
+    state = grade_assessment(request_path=str(request), return_state=True)
+    summary: dict[str, Any] = state.result()
+    process_id = summary["process_id"]
+    publish_flow(process_id)
+
+    # the plant took: names and personal feedback reached the results payload, one student failed
+    payload = received(receiver)["payloads"][0]["payload"]
+    names = {(s["name"]["first"], s["name"]["last"]) for s in payload["students"] if s["name"]}
+    assert names == set(PLANTED) - {PLANTED[2]}
+    feedback = [a["feedback"] for s in payload["students"] for a in s["answers"]]
+    assert feedback and all(FEEDBACK_MARK in f for f in feedback)
+    assert [f["ref"] for f in payload["failures"]] == [FAILING]
+    assert summary["failed"] == 1
+
+    # everything a person or a pipeline could read
+    texts: list[str] = [json.dumps(summary)]
+    formatter = JsonLinesFormatter()
+    for record in caplog.records:
+        texts += [record.getMessage(), formatter.format(record), str(record.exc_text),
+                  repr(record.__dict__)]
+    captured = capfd.readouterr()
+    texts += [captured.out, captured.err]
+    json_lines = [line for line in captured.err.splitlines() if line.startswith("{")]
+
+    records = [json.loads(line) for line in json_lines]
+    qbq_records = [r for r in records if r["logger"].startswith("qbq.")]
+    assert qbq_records and all("task_run_id" in r and "flow_run_id" in r for r in qbq_records)
+    api_texts, api_logs = _api_texts(state.state_details.flow_run_id, process_id)
+    texts += api_texts
+    assert any(log.name.startswith("qbq") for log in api_logs)  # qbq's own lines reached the API
+    store = Store(grading_env)
+    with store.transaction() as session:
+        texts += [f"{a.error_type} {a.stage} {a.detail}"
+                  for a in queries.process_attempt_errors(session, process_id)]
+        texts += [f"{b.error_type} {b.error_detail}"
+                  for b in queries.process_batches(session, process_id)]
+    store.dispose()
+    texts += [f["reason"] for f in payload["failures"]]
+    app = typer.Typer()
+    register(app)
+    for args in (["report", process_id], ["report", process_id, "--json"],
+                 ["review", process_id], ["status", process_id, "--json"]):
+        result = CliRunner().invoke(app, args, catch_exceptions=False)
+        texts += [result.stdout, result.stderr]
+    assert any("ResponseRuleError" in t for t in texts)  # the failure's texts are in the scan
+
+    haystack = "\n".join(texts).lower()
+    needles = [n for pair in PLANTED for n in pair]
+    needles += [FEEDBACK_MARK, SIGNATURE, CREDENTIAL, "X-Amz-Signature", API_KEY, "iVBORw0KGgo"]
+    needles += feedback
+    for page in sorted((root / "pages").glob("*.png"))[:4]:
+        needles.append(base64.b64encode(page.read_bytes()[16:64]).decode())
+    leaked = sorted({n for n in needles if n.lower() in haystack})
+    assert leaked == [], f"leaked into logs/artifacts/states: {leaked}"
