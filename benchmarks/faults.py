@@ -66,15 +66,16 @@ def policy() -> GradingPolicy:
 
 
 def run_one(sim: BackgroundServer, request: Path, work: Path, kind: str, rate: float,
-            seed: int) -> Row:
+            seed: int, pol: GradingPolicy | None = None) -> Row:
     faults = {kind: rate} if kind != "none" and rate > 0 else {}
     httpx.post(f"{sim.url}/_sim/reset", timeout=10).raise_for_status()
     httpx.post(f"{sim.url}/_sim/config", json={"faults": faults, "seed": seed},
                timeout=10).raise_for_status()
-    settings = QbqSettings(database_url=f"sqlite:///{work / f'{kind}-{rate}.db'}",
+    pol = pol or policy()
+    db = work / f"{kind}-{rate}-{pol.max_students_per_batch}-{time.monotonic_ns()}.db"
+    settings = QbqSettings(database_url=f"sqlite:///{db}",
                            request_timeout_s=1.0, rpm=100_000, tpm=10**9,
                            openai_base_url=f"{sim.url}/v1")
-    pol = policy()
     prepared = pipeline.prepare(request, settings=settings, policy=pol)
     store = Store(settings.database_url)
     store.migrate()
@@ -82,7 +83,8 @@ def run_one(sim: BackgroundServer, request: Path, work: Path, kind: str, rate: f
     plan = prepared.plan
     planned = plan.prompt_tokens + sum(b.max_completion_tokens for b in plan.batches)
     limiter = RateLimiter(MemoryBackend(), Limits(rpm=100_000, tpm=10**9), kind)
-    budget = RetryBudget(max_retries=2 * len(plan.batches) + 10,
+    attempts = pol.retry_budget_attempts
+    budget = RetryBudget(max_retries=attempts if attempts is not None else 2 * len(plan.batches) + 10,
                          max_tokens=int(pol.retry_budget_token_ratio * planned))
     guards = RunGuards(CircuitBreaker(threshold=pol.breaker_threshold,
                                       cooldown_s=pol.breaker_cooldown_s,

@@ -186,9 +186,8 @@ class _BatchRun:
               max_tokens: int | None = None) -> ChatReply:
         deps = self.deps
         max_tokens = max_tokens or self.batch.max_completion_tokens
-        # the planned prompt is an upper bound for any subset of the batch; `settle` gives back
-        # what the provider did not charge
-        cost = self.batch.prompt_tokens + max_tokens
+        # the planned prompt of just these students; `settle` gives back what was not charged
+        cost = self.batch.prompt_tokens_for({s.ref for s in students}) + max_tokens
         retry = not self._first_call
         if retry:
             deps.guards.budget.spend(cost)

@@ -47,10 +47,19 @@ class PlannedBatch:
     max_completion_tokens: int
     n_images: int
     n_bytes: int
+    prefix_tokens: int = 0
+    student_tokens: tuple[int, ...] = ()
 
     @property
     def refs(self) -> list[str]:
         return [s.ref for s in self.students]
+
+    def prompt_tokens_for(self, refs: set[str]) -> int:
+        """The planned prompt of a request holding only these of the batch's students."""
+        if not self.student_tokens:
+            return self.prompt_tokens
+        return self.prefix_tokens + sum(
+            t for s, t in zip(self.students, self.student_tokens, strict=True) if s.ref in refs)
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,7 @@ def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
 
     batches: list[PlannedBatch] = []
     current: list[Student] = []
+    costs: list[int] = []
     tokens, images, n_bytes = prefix_tokens, prefix_images, prefix_bytes
 
     def close() -> None:
@@ -180,6 +190,8 @@ def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
             max_completion_tokens=max_out,
             n_images=images,
             n_bytes=n_bytes,
+            prefix_tokens=prefix_tokens,
+            student_tokens=tuple(costs),
         ))
 
     for student in request.students:
@@ -196,6 +208,7 @@ def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
             )
             if fits:
                 current.append(student)
+                costs.append(cost.prompt_tokens)
                 tokens += cost.prompt_tokens
                 images += cost.n_images
                 n_bytes += cost.n_bytes
@@ -204,7 +217,7 @@ def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
                 raise _too_big(request, student, cost, policy, budget, prefix_tokens,
                                prefix_images, prefix_bytes, completion_budget(1)[1])
             close()
-            current = []
+            current, costs = [], []
             tokens, images, n_bytes = prefix_tokens, prefix_images, prefix_bytes
     if current:
         close()

@@ -151,6 +151,10 @@ class QbqSettings(BaseSettings):
         120.0, gt=0, description="Timeout of one model request, in seconds."
     )
     delivery_timeout_s: float = Field(30.0, gt=0, description="Timeout of one results POST.")
+    delivery_backoff_s: float = Field(
+        30.0, ge=0, description="Wait before re-sending a failed delivery; doubles per attempt "
+        "(at most an hour)."
+    )
     payload_format: Literal["auto", "native", "legacy"] = Field(
         "auto", description="Payload form; auto: legacy for legacy requests, else native."
     )

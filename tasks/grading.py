@@ -69,4 +69,5 @@ def finalize_task(prepared: pipeline.Prepared, settings: QbqSettings,
 def deliver_task(process_id: str, settings: QbqSettings) -> DeliveryReport:
     """Send this run's payload now (even if an earlier attempt is backing off)."""
     return drain_outbox(get_store(settings), get_http_client(settings), process_id=process_id,
-                        lookup_url=settings.results_api_lookup_url, ignore_backoff=True)
+                        lookup_url=settings.results_api_lookup_url, ignore_backoff=True,
+                        backoff_s=settings.delivery_backoff_s)

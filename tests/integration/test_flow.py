@@ -104,3 +104,75 @@ def test_legacy_request_in_legacy_payload_out(
         marks = {a["question_number"]: a["mark"] for a in entry["answers"]}
         assert marks == truth[f"S{i + 1:03d}"]
         assert set(entry["answers"][0]) >= {"question_number", "mark", "feedback"}
+
+
+def test_coverage_below_and_above_the_threshold(
+    tmp_path: Path, grading_env: str, receiver: BackgroundServer, simulator: BackgroundServer,
+    sim_stats: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model refuses one of two batches: its 3 students fail with the reason and a review
+    flag. Under the default 100% threshold the run fails; at 50% it succeeds, still listing
+    them."""
+    import httpx
+
+    request = write_sample(tmp_path / "sample", students=6, pages=1, questions=2, seed=8)
+    httpx.post(f"{simulator.url}/_sim/config", json={"fault_script": ["refusal"]}, timeout=10)
+    try:
+        strict = grade_assessment(request_path=str(request))
+    finally:
+        httpx.post(f"{simulator.url}/_sim/config", json={"fault_script": []}, timeout=10)
+
+    assert strict["status"] == "failed"
+    assert strict["graded"] == 3 and strict["failed"] == 3
+    payload = received(receiver)["payloads"][0]["payload"]
+    assert payload["status"] == "failed"
+    failed = {f["ref"]: f for f in payload["failures"]}
+    assert len(failed) == 3
+    assert all(f["error_type"] == "RefusalError" and "refused" in f["reason"]
+               for f in failed.values())
+    students = {s["ref"]: s for s in payload["students"]}
+    assert len(students) == 6  # nobody dropped
+    assert all(students[r]["status"] == "failed" and students[r]["needs_review"] for r in failed)
+
+    lenient = write_sample(tmp_path / "lenient", students=6, pages=1, questions=2, seed=9)
+    monkeypatch.setenv("QBQ_MIN_COVERAGE", "0.5")
+    httpx.post(f"{simulator.url}/_sim/config", json={"fault_script": ["refusal"]}, timeout=10)
+    try:
+        relaxed = grade_assessment(request_path=str(lenient))
+    finally:
+        httpx.post(f"{simulator.url}/_sim/config", json={"fault_script": []}, timeout=10)
+    assert relaxed["status"] == "success" and relaxed["graded"] == 3
+    second = received(receiver)["payloads"][1]["payload"]
+    assert second["status"] == "success" and len(second["failures"]) == 3
+
+
+def test_results_api_down_then_up_gets_the_payload_once(
+    tmp_path: Path, grading_env: str, receiver: BackgroundServer, sim_stats: Any,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import httpx
+
+    from flows.deliver_results import deliver_results
+
+    monkeypatch.setenv("QBQ_DELIVERY_BACKOFF_S", "0.2")
+    request = write_sample(tmp_path / "sample", students=4, pages=1, questions=2, seed=10)
+    httpx.post(f"{receiver.url}/_control", json={"refuse_next": 1000}, timeout=10)
+
+    summary = grade_assessment(request_path=str(request))
+
+    assert summary["status"] == "success" and summary["delivered"] == 0
+    assert "503" in (summary["delivery_error"] or "")
+    assert received(receiver)["payloads"] == []
+    with pytest.raises(Exception, match="not delivered"):
+        deliver_results()  # still down: the scheduled drain fails loudly, the row stays
+    httpx.post(f"{receiver.url}/_control", json={"refuse_next": 0}, timeout=10)
+    time.sleep(1.0)  # past the back-off
+
+    assert deliver_results()["delivered"] == 1
+    assert deliver_results()["delivered"] == 0  # nothing left to send
+    got = received(receiver)
+    assert len(got["payloads"]) == 1 and got["duplicates"] == 0
+    assert got["refused"] >= 2
+    assert _marks(got["payloads"][0]["payload"]) == truth_of(request)
