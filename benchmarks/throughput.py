@@ -458,7 +458,8 @@ def run_overhead(work: Path, api_url: str, batches: int) -> Overhead:
                "QBQ_DATABASE_URL": f"sqlite:///{work / 'overhead.db'}",
                "QBQ_MAX_STUDENTS_PER_BATCH": "1", "QBQ_MAX_IN_FLIGHT": "8",
                "QBQ_RPM": "100000000", "QBQ_TPM": "100000000000",
-               "QBQ_LIMITER_DIR": str(work / "limiter-overhead")}
+               "QBQ_LIMITER_DIR": str(work / "limiter-overhead"),
+               "QBQ_PREFECT_CACHE": os.environ.get("QBQ_PREFECT_CACHE", "true")}
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "qbq", "grade", str(request)], env=env, check=True,
                        capture_output=True, timeout=1800, cwd=work)

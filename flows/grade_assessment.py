@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import queue
 from typing import Any, cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 from prefect.utilities.annotations import quote
 
 from flows.artifacts import publish_run_artifacts
@@ -77,10 +79,21 @@ def grade_assessment(
     total = len(plan.batches)
     artifact_id = create_progress_artifact(progress=0.0,
                                            description=f"batches graded of {total}")
-    futures = grade_batch_task.map(plan.batches, unmapped(quote(prepared)), unmapped(settings),
-                                   unmapped(policy))
+    # quote(): Prefect would otherwise walk every parameter of every task run looking for
+    # futures (the batch's students and pages, the settings) — measured at ~10 ms a batch
+    grade = grade_batch_task if settings.prefect_cache else grade_batch_task.with_options(
+        cache_policy=NO_CACHE, cache_key_fn=None, persist_result=False)
+    futures = grade.map([quote(b) for b in plan.batches], unmapped(quote(prepared)),
+                                   unmapped(quote(settings)), unmapped(quote(policy)))
+    # Completion callbacks instead of prefect.futures.as_completed, which measured ~20 ms of
+    # overhead per batch here (it waits on futures in turns); a queue hands them over as they end.
+    finished: queue.SimpleQueue[PrefectFuture[BatchOutcome]] = queue.SimpleQueue()
+    for future in futures:
+        future.add_done_callback(finished.put)
     shown = 0.0
-    for done, future in enumerate(as_completed(futures), start=1):
+    for done in range(1, total + 1):
+        future = finished.get()
+        future.wait()
         state = future.state
         outcome = future.result(raise_on_failure=False) if state.is_completed() else None
         from_store = isinstance(outcome, BatchOutcome) and outcome.from_store

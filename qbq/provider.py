@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import openai
+from openai._constants import RAW_RESPONSE_HEADER
+from openai.types.chat import ChatCompletion
 
 from qbq.errors import (
     ConfigurationError,
@@ -131,13 +133,17 @@ class OpenAIChatProvider:
     ) -> ChatReply:
         start = time.perf_counter()
         try:
-            raw = self._client.chat.completions.with_raw_response.create(
-                model=model,
-                # qbq builds plain dicts; the SDK's TypedDicts describe the same JSON.
-                messages=cast(Any, messages),
-                response_format=cast(Any, response_format),
-                max_completion_tokens=max_completion_tokens,
+            # The SDK's own POST, without `create()`'s per-call walk of the messages through its
+            # TypedDict annotations (~1 ms of CPU a call, measured): qbq's messages are already
+            # plain JSON built by qbq.prompts. Auth, errors and response parsing are the SDK's.
+            raw = self._client.post(
+                "/chat/completions",
+                body={"model": model, "messages": messages, "response_format": response_format,
+                      "max_completion_tokens": max_completion_tokens},
+                cast_to=ChatCompletion,
+                options={"headers": {RAW_RESPONSE_HEADER: "true"}},
             )
+            raw = cast(Any, raw)  # a LegacyAPIResponse[ChatCompletion], as with_raw_response
             completion = raw.parse()
         except openai.APIResponseValidationError as exc:
             raise ResponseShapeError("the provider's answer is not a chat completion") from exc

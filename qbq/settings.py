@@ -158,6 +158,11 @@ class QbqSettings(BaseSettings):
     payload_format: Literal["auto", "native", "legacy"] = Field(
         "auto", description="Payload form; auto: legacy for legacy requests, else native."
     )
+    prefect_cache: bool = Field(
+        True, description="Also cache grade_batch in Prefect (persisted results, 'Cached' in the "
+        "UI). The store already skips finished batches; turning this off saves Prefect's "
+        "per-task result write (~5 ms a batch, measured)."
+    )
     keep_raw_responses: bool = Field(
         False, description="Keep raw model replies after reduce (they may hold personal data)."
     )

@@ -8,6 +8,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
+from prefect.utilities.annotations import quote
 
 from qbq import pipeline
 from qbq.delivery import DeliveryReport, drain_outbox
@@ -35,13 +36,25 @@ def register_task(prepared: pipeline.Prepared, settings: QbqSettings) -> None:
 
 def _batch_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Cache by the batch's idempotency key, scoped to the store that holds its result."""
-    batch: PlannedBatch = parameters["batch"]
-    settings: QbqSettings = parameters["settings"]
+    batch: PlannedBatch = _unquote(parameters["batch"])
+    settings: QbqSettings = _unquote(parameters["settings"])
     return f"grade-{batch.idempotency_key}-{store_fingerprint(settings)}"
 
 
+def _batch_run_name() -> str:
+    from prefect.runtime import task_run
+
+    return f"grade-batch-{_unquote(task_run.parameters['batch']).index}"
+
+
+def _unquote(value: Any) -> Any:
+    """The flow passes big parameters quoted (so Prefect does not walk them); cache-key
+    functions see them as given."""
+    return value.unquote() if isinstance(value, quote) else value
+
+
 @task(name="grade_batch", cache_key_fn=_batch_cache_key, persist_result=True, retries=0,
-      task_run_name="grade-batch-{batch.index}")
+      task_run_name=_batch_run_name)
 def grade_batch_task(batch: PlannedBatch, prepared: pipeline.Prepared, settings: QbqSettings,
                      policy: GradingPolicy) -> BatchOutcome:
     """Grade one batch; retries happen inside (honouring retry-after), never in Prefect.
