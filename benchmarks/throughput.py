@@ -507,29 +507,41 @@ def table(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
+def _per_real_second(timeline: list[dict[str, Any]]) -> tuple[list[float], list[float],
+                                                               list[float]]:
+    """Re-bin the simulator's per-simulated-second timeline into real seconds: tokens charged
+    are summed, requests in flight is the most seen."""
+    width = int(TIME_SCALE)
+    times, tokens, in_flight = [], [], []
+    for start in range(0, len(timeline), width):
+        chunk = timeline[start:start + width]
+        times.append(start / TIME_SCALE)
+        tokens.append(float(sum(s["tokens"] for s in chunk)))
+        in_flight.append(float(max(s["in_flight"] for s in chunk)))
+    return times, tokens, in_flight
+
+
 def plot(results: list[Result], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    regimes = [r.name for r in REGIMES]
+    regimes = [r for r in REGIMES if any(x.regime == r.name for x in results)]
     fig, axes = plt.subplots(2, len(regimes), figsize=(6 * len(regimes), 7), squeeze=False)
-    for col, regime_name in enumerate(regimes):
-        regime = next(r for r in REGIMES if r.name == regime_name)
+    for col, regime in enumerate(regimes):
         top, bottom = axes[0][col], axes[1][col]
-        for r in (x for x in results if x.regime == regime_name):
-            t = [s["t"] / TIME_SCALE for s in r.timeline]
-            top.plot(t, [s["tokens"] * TIME_SCALE for s in r.timeline], label=r.name)
-            bottom.plot(t, [s["in_flight"] for s in r.timeline], label=r.name)
+        for r in (x for x in results if x.regime == regime.name):
+            t, tokens, in_flight = _per_real_second(r.timeline)
+            top.step(t, tokens, where="post", label=r.name)
+            bottom.step(t, in_flight, where="post", label=r.name)
         if regime.sim_tpm and regime.sim_tpm < 10_000_000:
             top.axhline(regime.real_rate(regime.sim_tpm), color="black", linestyle="--",
                         label="token limit")
-        top.set_title(f"{regime_name}: tokens charged per second")
-        top.set_xlabel("seconds")
-        bottom.set_title(f"{regime_name}: requests in flight")
+        top.set_title(f"{regime.name}: tokens charged per second")
+        bottom.set_title(f"{regime.name}: most requests in flight in each second")
         bottom.set_xlabel("seconds")
-        if regime_name == "latency-bound":
+        if regime.name == "latency-bound":
             bottom.axhline(regime.max_in_flight, color="black", linestyle="--",
                            label="slots per process")
         top.legend(fontsize=7)
@@ -547,7 +559,14 @@ def main() -> None:
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-baselines", action="store_true")
     parser.add_argument("--regime", action="append", help="only these regimes")
+    parser.add_argument("--save", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--replot", type=Path, help="only redraw --plot from a --save file")
     args = parser.parse_args()
+    if args.replot:
+        saved = [Result(**r) for r in json.loads(args.replot.read_text())]
+        plot(saved, args.plot)
+        print(table(saved))
+        return
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     results: list[Result] = []
     overhead: Overhead | None = None
@@ -591,6 +610,8 @@ def main() -> None:
               f"{overhead.qbq_s:.2f} s (first to last model call; whole command "
               f"{overhead.flow_wall_s:.1f} s) vs direct SDK calls {overhead.direct_s:.2f} s → "
               f"{overhead.per_batch_ms:.1f} ms orchestration overhead per batch")
+    if args.save:
+        args.save.write_text(json.dumps([r.__dict__ for r in results]))
     if args.plot:
         plot(results, args.plot)
         print(f"plot: {args.plot}")

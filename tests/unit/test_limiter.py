@@ -134,3 +134,23 @@ def test_two_processes_share_one_file_backed_limit(tmp_path: Path) -> None:
     span = max(t for t, _ in starts) - min(t for t, _ in starts)
     # 120 requests at 50/s after a 50-request burst: at least (120 - 50) / 50 = 1.4 s
     assert span >= 1.3
+
+
+def test_a_429_pauses_every_sender_of_the_key(tmp_path: Path) -> None:
+    """Two limiters (as two processes would hold) on one file backend: one sender's 429 makes
+    the other wait out the pause too, then both resume at the normal pace."""
+    slept_a: list[float] = []
+    slept_b: list[float] = []
+    limits = Limits(rpm=6_000, tpm=10_000_000)
+    a = RateLimiter(FileBackend(tmp_path), limits, "key", sleep=slept_a.append)
+    b = RateLimiter(FileBackend(tmp_path), limits, "key", sleep=slept_b.append)
+    a.acquire(100)
+    a.cool_down(3.0)  # a got a 429 with retry-after: 3
+
+    b.acquire(100)
+
+    assert slept_b and 2.9 <= slept_b[0] <= 3.0
+    assert b.paused_for() <= 3.0
+    other = RateLimiter(FileBackend(tmp_path), limits, "another-key", sleep=slept_a.append)
+    other.acquire(100)
+    assert slept_a == []  # another API key is not paused
