@@ -84,8 +84,11 @@ def _preflight(request_path: Path) -> Any:
 
 def run_grade(request_path: Path, *, verbose: bool, out: Path | None) -> NativePayload:
     """Run the grade-assessment flow in this process with a progress bar; return the payload."""
-    if not verbose:
+    # A person at a terminal gets the progress bar and warnings; JSON logs are for machines and
+    # carry every batch event. Prefect's anonymous telemetry is off unless asked for.
+    if not verbose and os.environ.get("QBQ_LOG_FORMAT", "text") != "json":
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from qbq.observability.logs import configure_logging
 
     configure_logging()

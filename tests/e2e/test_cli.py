@@ -129,8 +129,16 @@ def test_plan_json(sample: Path) -> None:
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    result = run(["demo", "--out", str(tmp_path / "demo")], cwd=tmp_path)
+    result = run(["demo", "--out", str(tmp_path / "demo")], cwd=tmp_path,
+                 env={"QBQ_LOG_FORMAT": "json"})
     out = result.stdout
+    # JSON logs on stderr: one object per line, each batch with the fields operators need
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    batches = [e for e in events if e.get("event") == "batch_finished"]
+    assert len(batches) == 3, result.stderr[-2000:]
+    for event in batches:
+        assert {"process_id", "batch_id", "idempotency_key", "model", "tokens_in", "tokens_out",
+                "cached_tokens", "latency_ms", "attempt", "retry_count", "stage"} <= set(event)
     assert result.returncode == 0, out + result.stderr
     assert "SIMULATED" in out
     rows = [line for line in out.splitlines() if line.startswith("│ S0")]
