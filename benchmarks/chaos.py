@@ -37,7 +37,7 @@ from sqlalchemy import select
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.harness import pg_database, prefect_server  # noqa: E402
+from benchmarks.harness import batch_refs, buffer_body, pg_database, prefect_server  # noqa: E402
 from qbq.receiver import create_app as create_receiver  # noqa: E402
 from qbq.sample import truth_of, write_sample  # noqa: E402
 from qbq.simulator import BackgroundServer, SimConfig  # noqa: E402
@@ -73,42 +73,19 @@ class CallRecorder:
         if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
             await self.app(scope, receive, send)
             return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-        refs = _refs_of(body)
+        body, replay = await buffer_body(receive)
+        refs = batch_refs(body)
         prefix = refs[0].split("-")[0] if refs else "?"
         if refs and await asyncio.to_thread(self._completed, refs):
             self.calls_for_completed.append(refs)
         with self.lock:
             self.calls += 1
             self.in_flight[prefix] += 1
-        sent = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
         try:
             await self.app(scope, replay, send)
         finally:
             with self.lock:
                 self.in_flight[prefix] -= 1
-
-
-def _refs_of(body: bytes) -> tuple[str, ...]:
-    try:
-        schema = json.loads(body)["response_format"]["json_schema"]["schema"]
-        return tuple(schema["properties"]["students"]["items"]["properties"]["ref"]["enum"])
-    except (KeyError, TypeError, ValueError):
-        return ()
 
 
 class SlowResults:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -9,13 +10,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-__all__ = ["free_port", "pg_database", "prefect_server"]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+__all__ = ["batch_refs", "buffer_body", "free_port", "pg_database", "prefect_server"]
 
 
 def free_port() -> int:
@@ -78,3 +82,33 @@ def pg_database() -> tuple[str, Callable[[], None]] | None:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     return name, drop
+
+
+async def buffer_body(receive: Receive) -> tuple[bytes, Receive]:
+    """For ASGI middleware: read a request's whole body, and a `receive` that replays it."""
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return body, replay
+
+
+def batch_refs(body: bytes) -> tuple[str, ...]:
+    """The student refs a chat-completions request grades (its schema's ref enum)."""
+    try:
+        schema = json.loads(body)["response_format"]["json_schema"]["schema"]
+        return tuple(schema["properties"]["students"]["items"]["properties"]["ref"]["enum"])
+    except (KeyError, TypeError, ValueError):
+        return ()

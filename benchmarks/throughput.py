@@ -36,7 +36,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.harness import pg_database, prefect_server  # noqa: E402
+from benchmarks.harness import batch_refs, buffer_body, pg_database, prefect_server  # noqa: E402
 from qbq.planning import PlannedBatch  # noqa: E402
 from qbq.preparation import Prepared, prepare  # noqa: E402
 from qbq.prompts import StudentPages, build_messages, response_format  # noqa: E402
@@ -104,22 +104,9 @@ class Timing:
             return
         start = time.perf_counter()
         status = 0
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-        group = _group_of(body)
-        replayed = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        body, replay = await buffer_body(receive)
+        refs = batch_refs(body)
+        group = refs[0].split("-")[0] if refs else "?"
 
         async def watch(message: Any) -> None:
             nonlocal status
@@ -149,15 +136,6 @@ class Timing:
     @property
     def makespan(self) -> float:
         return (self.last or 0.0) - (self.first or 0.0)
-
-
-def _group_of(body: bytes) -> str:
-    try:
-        schema = json.loads(body)["response_format"]["json_schema"]["schema"]
-        ref = schema["properties"]["students"]["items"]["properties"]["ref"]["enum"][0]
-    except (KeyError, TypeError, ValueError, IndexError):
-        return "?"
-    return str(ref).split("-")[0]
 
 
 @contextmanager
