@@ -39,7 +39,7 @@ def test_dask_runner_choice() -> None:
     assert remote.address == "tcp://127.0.0.1:8786"
 
 
-def test_batches_graded_on_both_dask_workers(
+def test_batches_graded_on_the_dask_cluster(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, simulator: BackgroundServer,
     receiver: BackgroundServer, sim_stats: Any, cluster: Any, pg_server: PgServer | None,
 ) -> None:
@@ -68,6 +68,8 @@ def test_batches_graded_on_both_dask_workers(
     marks = {s["ref"]: {a["question_number"]: a["mark"] for a in s["answers"]}
              for s in payloads[0]["payload"]["students"]}
     assert marks == truth_of(request)
-    # every Prefect task ran on the cluster, and the batches used both worker processes
+    # every Prefect task ran in the cluster's worker processes (which of the two workers takes
+    # each is Dask's choice: usually both, and a test insisting on both was flaky, 1 in ~25)
     workers = {task["worker"] for task in stream.data}
-    assert workers == set(cluster.scheduler_info["workers"])
+    assert len(stream.data) >= 4  # at least the four grade_batch tasks
+    assert workers and workers <= set(cluster.scheduler_info["workers"])
