@@ -5,6 +5,7 @@ All checks that need I/O happen here, before planning and before any model call.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -166,14 +167,8 @@ def load_request(
             parsed.external_assessment_settings_id,
             parsed.external_assessment_file_id,
         )
-        return GradingRequest(
-            **{f: getattr(loaded, f) for f in _FIELDS}, source_format="legacy", legacy=ctx
-        )
+        return dataclasses.replace(loaded, source_format="legacy", legacy=ctx)
     return _native(parsed, base_dir, settings, fetch)
-
-
-_FIELDS = ("assessment_id", "model", "spec", "instructions", "questions",
-           "model_answer_pages", "students")
 
 
 def load_request_file(path: Path, *, settings: QbqSettings, fetch: Fetcher | None) -> GradingRequest:

@@ -62,9 +62,8 @@ def store_fingerprint(settings: QbqSettings) -> str:
 
 
 def get_provider(settings: QbqSettings) -> ChatProvider:
-    """The OpenAI provider; OPENAI_API_KEY / OPENAI_BASE_URL come from the environment."""
-    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-    base_url = settings.openai_base_url or os.environ.get("OPENAI_BASE_URL")
+    """The OpenAI provider; without QBQ_OPENAI_* settings, OPENAI_API_KEY / OPENAI_BASE_URL."""
+    api_key, base_url = _api_identity(settings)
     key = (base_url, api_key, settings.openai_organization, settings.request_timeout_s)
     with _lock:
         provider = _providers.get(key)
