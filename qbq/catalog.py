@@ -63,6 +63,20 @@ class ModelSpec:
     price_output_per_m: float
     #: False when the prices are placeholders for a model missing from the catalogue.
     price_known: bool = True
+    #: Most input (prompt) tokens one request may carry; 0 means the whole context window.
+    #: Reasoning models reserve part of their window for output (gpt-5: 272k of 400k).
+    max_input_tokens: int = 0
+    #: True for models that spend hidden reasoning tokens inside `max_completion_tokens`.
+    reasoning: bool = False
+    #: The `reasoning_effort` values the model accepts (empty for non-reasoning models).
+    reasoning_efforts: tuple[str, ...] = ()
+    #: The effort qbq sends when none is configured (None: send no `reasoning_effort`).
+    default_reasoning_effort: str | None = None
+
+    @property
+    def input_limit(self) -> int:
+        """Most prompt tokens a request may carry (`max_input_tokens`, else the window)."""
+        return self.max_input_tokens or self.context_window
 
     def cost_usd(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> float:
         """Cost in USD of one request; `cached_tokens` is the cached part of `prompt_tokens`.
