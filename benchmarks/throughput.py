@@ -36,13 +36,13 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.harness import batch_refs, buffer_body, pg_database, prefect_server  # noqa: E402
 from qbq.planning import PlannedBatch  # noqa: E402
 from qbq.preparation import Prepared, prepare  # noqa: E402
 from qbq.prompts import StudentPages, build_messages, response_format  # noqa: E402
 from qbq.sample import write_sample  # noqa: E402
 from qbq.settings import GradingPolicy, QbqSettings  # noqa: E402
 from qbq.simulator import BackgroundServer, SimConfig, create_app  # noqa: E402
+from qbq.testing.harness import batch_refs, buffer_body, pg_database, prefect_server  # noqa: E402
 
 TIME_SCALE = 60.0
 STUDENTS_PER_BATCH = 3

@@ -7,8 +7,6 @@ from typing import Any, ClassVar
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from qbq.provider import ChatProvider, OpenAIChatProvider, make_openai_client
-
 __all__ = ["OpenAIProvider"]
 
 
@@ -55,10 +53,3 @@ class OpenAIProvider(Block):
             "tpm": self.tpm,
         }
         return {k: v for k, v in overrides.items() if v is not None}
-
-    def get_provider(self) -> ChatProvider:
-        """A chat provider over a fresh SDK client configured by this block."""
-        client = make_openai_client(api_key=self.api_key.get_secret_value(),
-                                    base_url=self.base_url, organization=self.organization,
-                                    timeout_s=self.timeout_s)
-        return OpenAIChatProvider(client)

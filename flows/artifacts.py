@@ -15,8 +15,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from qbq.observability.metrics import BatchFigures, ProcessMetrics, process_metrics, save_metrics
-from qbq.settings import QbqSettings, get_settings
-from qbq.wiring import get_store
+from qbq.store import Store
 
 __all__ = ["RunArtifacts", "artifact_key", "batches_table", "publish_run_artifacts",
            "summary_markdown"]
@@ -50,6 +49,7 @@ def batches_table(batches: list[BatchFigures]) -> list[dict[str, Any]]:
             "tokens_in": b.tokens_in,
             "tokens_out": b.tokens_out,
             "cached_tokens": b.cached_tokens,
+            "reasoning_tokens": b.reasoning_tokens,
             "latency_ms": b.latency_ms,
             "error_type": b.error_type or "",
         }
@@ -82,7 +82,8 @@ def summary_markdown(m: ProcessMetrics) -> str:
         f"| model requests | {m.requests} ({m.model_replies} replies) |",
         f"| retries | {m.retries} |",
         f"| HTTP 429 (rate limited) | {m.rate_limited} |",
-        f"| tokens | {m.tokens_in:,} in ({m.cached_tokens:,} cached), {m.tokens_out:,} out |",
+        f"| tokens | {m.tokens_in:,} in ({m.cached_tokens:,} cached), {m.tokens_out:,} out "
+        f"({m.reasoning_tokens:,} reasoning) |",
         f"| estimated cost | {cost} |",
         f"| batch latency | p50 {_ms(m.latency_p50_ms)}, p95 {_ms(m.latency_p95_ms)}, "
         f"max {_ms(m.latency_max_ms)} |",
@@ -94,11 +95,10 @@ def summary_markdown(m: ProcessMetrics) -> str:
     return "\n".join(lines) + "\n"
 
 
-def publish_run_artifacts(process_id: str, settings: QbqSettings | None = None, *,
+def publish_run_artifacts(process_id: str, store: Store, *,
                           max_marks: Mapping[str, float] | None = None) -> RunArtifacts | None:
     """Create the batches table and the summary artifacts of the process and store its metrics
     (plus `max_marks`, which `qbq report` uses to scale the charts). None if no such process."""
-    store = get_store(settings or get_settings())
     found = process_metrics(store, process_id)
     if found is None:
         return None

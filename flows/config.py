@@ -94,11 +94,13 @@ class RunnerSettings(BaseSettings):
     )
 
 
-def make_task_runner(runner: RunnerSettings | None = None) -> TaskRunner[Any]:
-    """The task runner chosen by `QBQ_TASK_RUNNER` (threads unless it says dask)."""
+def make_task_runner(settings: QbqSettings,
+                     runner: RunnerSettings | None = None) -> TaskRunner[Any]:
+    """The task runner chosen by `QBQ_TASK_RUNNER` (threads unless it says dask), read when the
+    flow runs rather than when its module is imported. Use it as a context manager."""
     runner = runner if runner is not None else RunnerSettings()
     if runner.task_runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=task_threads(get_settings()))
+        return ThreadPoolTaskRunner(max_workers=task_threads(settings))
     try:
         from prefect_dask.task_runners import DaskTaskRunner
     except ImportError as exc:

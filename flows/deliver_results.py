@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 from flows.config import resolve_config
 from qbq.delivery import drain_outbox
 from qbq.errors import DeliveryError
-from qbq.wiring import get_http_client, get_store
+from qbq.resources import delivery_resources
 
 __all__ = ["deliver_results"]
 
@@ -29,9 +29,9 @@ def deliver_results(results_block: str | None = None) -> dict[str, Any]:
     """
     logger = get_run_logger()
     settings, _ = resolve_config(None, results_block, None)
-    report = drain_outbox(get_store(settings), get_http_client(settings),
-                          backoff_s=settings.delivery_backoff_s,
-                          lookup_url=settings.results_api_lookup_url)
+    with delivery_resources(settings) as (store, client):
+        report = drain_outbox(store, client, backoff_s=settings.delivery_backoff_s,
+                              lookup_url=settings.results_api_lookup_url)
     logger.info("outbox: %d delivered, %d failed", report.delivered, report.failed)
     if report.failed:
         raise DeliveryError(f"{report.failed} payload(s) not delivered, kept in the outbox for "

@@ -21,6 +21,7 @@ from prefect.artifacts import create_table_artifact
 
 from flows.grade_assessment import grade_assessment
 from qbq.errors import GradingFailedError
+from qbq.pipeline import RunResult
 
 __all__ = ["claim", "exam_session", "pending_entries"]
 
@@ -121,11 +122,11 @@ def exam_session(
                                  provider_block=provider_block, results_block=results_block,
                                  policy_block=policy_block, return_state=True)
         if state.is_completed():
-            summary: dict[str, Any] = state.result()
+            graded: RunResult = state.result()
             _move(intake, claimed, DONE)
-            rows.append({"request": entry.name, "outcome": "done",
-                         "status": summary.get("status"), "process_id": summary.get("process_id"),
-                         "graded": summary.get("graded"), "students": summary.get("students")})
+            rows.append({"request": entry.name, "outcome": "done", "status": graded.status,
+                         "process_id": graded.process_id, "graded": graded.summary.graded,
+                         "students": graded.summary.students})
         else:
             failed = _move(intake, claimed, FAILED)
             failed.with_name(failed.name + ".error.txt").write_text(

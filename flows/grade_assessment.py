@@ -16,9 +16,11 @@ from flows.artifacts import publish_run_artifacts
 from flows.config import make_task_runner, resolve_config
 from qbq.grading import BatchOutcome
 from qbq.observability.logs import configure_logging
+from qbq.pipeline import RunResult
+from qbq.preparation import Prepared, handed_over
 from qbq.progress import BatchProgress, publish
 from qbq.request import LegacyRequest, NativeRequest
-from qbq.wiring import forget_run
+from qbq.resources import RunRef, run_resources
 from tasks.grading import (
     deliver_task,
     finalize_task,
@@ -30,23 +32,19 @@ from tasks.grading import (
 __all__ = ["grade_assessment"]
 
 
-@flow(
-    name="grade-assessment",
-    task_runner=cast(Any, make_task_runner()),
-    log_prints=False,
-)
+@flow(name="grade-assessment", log_prints=False, persist_result=False)
 def grade_assessment(
     request: NativeRequest | LegacyRequest | None = None,
     request_path: str | None = None,
     provider_block: str | None = None,
     results_block: str | None = None,
     policy_block: str | None = None,
-) -> dict[str, Any]:
+) -> RunResult:
     """Grade one request (inline `request`, or a JSON file at `request_path` on the worker).
 
-    Returns the run summary (counts, tokens, cost; no personal data). Settings come from the
-    `QBQ_*` environment; relative page paths of an inline request resolve against the worker's
-    working directory.
+    Returns the run's `RunResult` (status, summary, payloads, delivery) to an in-process caller;
+    Prefect keeps none of it. Settings come from the `QBQ_*` environment; relative page paths
+    of an inline request resolve against the worker's working directory.
 
     Args:
         request: The grading request itself (native or legacy format). Give this or
@@ -69,53 +67,57 @@ def grade_assessment(
         request.model_dump(mode="json", exclude_unset=True) if request is not None
         else str(request_path)
     )
-    prepared = prepare_task(source, settings, policy)
+    prepared = handed_over(source, settings, policy) or prepare_task(source, settings, policy)
     plan = prepared.plan
     logger.info("process %s: %d students in %d batches, ~%d prompt tokens, est. $%.4f",
                 plan.process_id, plan.n_students, len(plan.batches), plan.prompt_tokens,
                 plan.estimated_cost_usd())
-    register_task(prepared, settings)
-
-    total = len(plan.batches)
-    artifact_id = create_progress_artifact(progress=0.0,
-                                           description=f"batches graded of {total}")
-    # quote(): Prefect would otherwise walk every parameter of every task run looking for
-    # futures (the batch's students and pages, the settings) — measured at ~10 ms a batch
-    grade = grade_batch_task if settings.prefect_cache else grade_batch_task.with_options(
-        cache_policy=NO_CACHE, cache_key_fn=None, persist_result=False)
-    futures = grade.map([quote(b) for b in plan.batches], unmapped(quote(prepared)),
-                                   unmapped(quote(settings)), unmapped(quote(policy)))
-    # Completion callbacks instead of prefect.futures.as_completed, which measured ~20 ms of
-    # overhead per batch here (it waits on futures in turns); a queue hands them over as they end.
-    finished: queue.SimpleQueue[PrefectFuture[BatchOutcome]] = queue.SimpleQueue()
-    for future in futures:
-        future.add_done_callback(finished.put)
-    shown = 0.0
-    for done in range(1, total + 1):
-        future = finished.get()
-        future.wait()
-        state = future.state
-        outcome = future.result(raise_on_failure=False) if state.is_completed() else None
-        from_store = isinstance(outcome, BatchOutcome) and outcome.from_store
-        publish(BatchProgress(plan.process_id, done, total,
-                              "succeeded" if state.is_completed() else "failed", from_store))
-        progress = 100.0 * done / total
-        if progress - shown >= 1.0 or done == total:  # one API call per percent, not per batch
-            update_progress_artifact(cast(UUID, artifact_id), progress=progress)
-            shown = progress
-
-    forget_run(plan.process_id)
-    native = finalize_task(prepared, settings, policy)
-    summary = native.summary.model_dump(mode="json")
-    result: dict[str, Any] = {"process_id": plan.process_id, "status": native.status, **summary}
-    if settings.results_api_url:
-        report = deliver_task(plan.process_id, settings)
-        result["delivered"] = report.delivered
-        result["delivery_error"] = report.last_error
-        if report.failed:
+    with run_resources(plan, settings, policy) as resources:
+        run = resources.ref
+        register_task(prepared, run)
+        _grade_all(prepared, run)
+        payloads = finalize_task(prepared, run)
+        native = payloads.native
+        delivery = deliver_task(plan.process_id, run) if settings.results_api_url else None
+        if delivery is not None and delivery.failed:
             logger.warning("delivery failed (%s); the outbox keeps the payload for "
-                           "the deliver-results flow", report.last_error)
-    publish_run_artifacts(plan.process_id, settings, max_marks=prepared.request.max_marks)
+                           "the deliver-results flow", delivery.last_error)
+        publish_run_artifacts(plan.process_id, resources.store,
+                              max_marks=prepared.request.max_marks)
     logger.info("process %s %s: %d/%d students graded", plan.process_id, native.status,
                 native.summary.graded, native.summary.students)
-    return result
+    return RunResult(plan.process_id, native.status, native.summary, payloads, delivery)
+
+
+def _grade_all(prepared: Prepared, run: RunRef) -> None:
+    """`grade_batch` for every batch on the task runner chosen now (threads or Dask), with a
+    progress artifact and progress events as batches finish."""
+    plan = prepared.plan
+    total = len(plan.batches)
+    artifact_id = create_progress_artifact(progress=0.0, description=f"batches graded of {total}")
+    # quote(): Prefect would otherwise walk every parameter of every task run looking for
+    # futures (the batch's students and pages, the settings) — measured at ~10 ms a batch
+    grade = grade_batch_task if run.settings.prefect_cache else grade_batch_task.with_options(
+        cache_policy=NO_CACHE, cache_key_fn=None, persist_result=False)
+    with make_task_runner(run.settings) as runner:
+        futures = runner.map(cast(Any, grade), {"batch": [quote(b) for b in plan.batches],
+                                     "prepared": unmapped(quote(prepared)),
+                                     "run": unmapped(quote(run))})
+        # Completion callbacks instead of prefect.futures.as_completed, which measured ~20 ms
+        # of overhead per batch here (it waits on futures in turns).
+        finished: queue.SimpleQueue[PrefectFuture[BatchOutcome]] = queue.SimpleQueue()
+        for future in futures:
+            future.add_done_callback(finished.put)
+        shown = 0.0
+        for done in range(1, total + 1):
+            future = finished.get()
+            future.wait()
+            state = future.state
+            outcome = future.result(raise_on_failure=False) if state.is_completed() else None
+            from_store = isinstance(outcome, BatchOutcome) and outcome.from_store
+            publish(BatchProgress(plan.process_id, done, total,
+                                  "succeeded" if state.is_completed() else "failed", from_store))
+            progress = 100.0 * done / total
+            if progress - shown >= 1.0 or done == total:  # one API call per percent, not per batch
+                update_progress_artifact(cast(UUID, artifact_id), progress=progress)
+                shown = progress

@@ -11,10 +11,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -22,6 +23,10 @@ from qbq.cli_reports import register as register_reports
 from qbq.errors import InputError, PlanningError, QbqError
 from qbq.payload import NativePayload
 from qbq.settings import GradingPolicy, get_settings
+
+if TYPE_CHECKING:
+    from qbq.pipeline import RunResult
+    from qbq.preparation import Prepared
 
 __all__ = ["app", "main"]
 
@@ -41,7 +46,7 @@ def _input_errors() -> Iterator[None]:
     try:
         yield
     except (InputError, PlanningError) as exc:
-        err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False)
         raise typer.Exit(EXIT_INVALID) from exc
 
 
@@ -69,38 +74,42 @@ def _marks_table(payload: NativePayload, limit: int | None = None) -> Table:
     return table
 
 
-def _preflight(request_path: Path) -> Any:
-    """Validate, measure and plan before starting Prefect, so bad input costs nothing."""
+def _preflight(request_path: Path) -> Prepared:
+    """Validate, measure and plan before starting Prefect, so bad input costs nothing; check
+    the provider settings (API key, rate limits) too."""
     from qbq.preparation import prepare
-    from qbq.wiring import get_limiter, get_provider
+    from qbq.resources import check_provider_settings
 
     settings = get_settings()
     with _input_errors():
         prepared = prepare(request_path, settings=settings, policy=GradingPolicy())
-        get_provider(settings)  # fails fast without an API key
-        get_limiter(settings)  # ... and without rate limits
+        check_provider_settings(settings)
     return prepared
 
 
-def run_grade(request_path: Path, *, verbose: bool, out: Path | None) -> NativePayload:
-    """Run the grade-assessment flow in this process with a progress bar; return the payload."""
+def run_grade(request_path: Path, *, verbose: bool, out: Path | None) -> RunResult:
+    """Run the grade-assessment flow in this process with a progress bar; return its result.
+
+    The request is prepared once, here, and handed to the flow run (`handing_over`)."""
     # A person at a terminal gets the progress bar and warnings; JSON logs are for machines and
     # carry every batch event. Prefect's anonymous telemetry is off unless asked for.
     if not verbose and os.environ.get("QBQ_LOG_FORMAT", "text") != "json":
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Without PREFECT_API_URL the flow runs on an ephemeral server, whose first start migrates
+    # its database: Prefect's 20 s limit is too short on a busy 2-core machine (measured ~40 s).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from qbq.observability.logs import configure_logging
 
     configure_logging()
     prepared = _preflight(request_path)
     from flows.grade_assessment import grade_assessment
-    from qbq import pipeline
+    from qbq.preparation import handing_over
     from qbq.progress import BatchProgress, subscribed
-    from qbq.wiring import get_store
 
     plan = prepared.plan
     console.print(f"process [bold]{plan.process_id}[/]: {plan.n_students} students, "
-                  f"{len(plan.batches)} batches, model {plan.model}")
+                  f"{len(plan.batches)} batches, model {escape(plan.model)}")
     columns = (TextColumn("grading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("batches", total=len(plan.batches))
@@ -109,18 +118,15 @@ def run_grade(request_path: Path, *, verbose: bool, out: Path | None) -> NativeP
             if event.process_id == plan.process_id:
                 progress.update(bar, completed=event.done)
 
-        with subscribed(on_batch):
-            summary = grade_assessment(request_path=str(request_path.resolve()))
-    settings = get_settings()
-    policy = GradingPolicy()
-    native, outgoing = pipeline.build_payload(
-        prepared, pipeline.collect(get_store(settings), plan), policy=policy, settings=settings)
+        with subscribed(on_batch), handing_over(request_path, prepared, settings=get_settings(),
+                                                policy=GradingPolicy()):
+            result = grade_assessment(request_path=str(request_path.resolve()))
     if out is not None:
-        out.write_text(outgoing.model_dump_json(indent=2))
+        out.write_text(result.payloads.outgoing.model_dump_json(indent=2))
         console.print(f"payload written to {out}")
-    if summary.get("delivery_error"):
-        err.print(f"[yellow]delivery pending:[/] {summary['delivery_error']}")
-    return native
+    if result.delivery is not None and result.delivery.failed:
+        err.print(f"[yellow]delivery pending:[/] {escape(result.delivery.last_error or '')}")
+    return result
 
 
 @app.command()
@@ -130,7 +136,7 @@ def grade(
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
 ) -> None:
     """Grade a request: plan, grade every batch, reduce, deliver; prints the marks."""
-    payload = run_grade(request, verbose=verbose, out=out)
+    payload = run_grade(request, verbose=verbose, out=out).payloads.native
     console.print(_marks_table(payload))
     s = payload.summary
     console.print(f"{s.graded}/{s.students} graded, {s.model_calls} model calls, "
@@ -262,7 +268,8 @@ def demo(
     with _input_errors():
         code = run_demo(out, students=students, pages=pages, questions=questions,
                         batch_size=batch_size, console=console, table=_marks_table,
-                        grade=lambda path: run_grade(path, verbose=False, out=None))
+                        grade=lambda path: run_grade(path, verbose=False,
+                                                     out=None).payloads.native)
     raise typer.Exit(code)
 
 
@@ -270,5 +277,5 @@ def main() -> None:
     try:
         app()
     except QbqError as exc:  # a runtime failure that escaped a command: report, exit 1
-        err.print(f"[bold red]{exc.error_type}:[/] {exc.message}")
+        err.print(f"[bold red]{exc.error_type}:[/] {escape(exc.message)}", highlight=False)
         raise SystemExit(EXIT_FAILED) from exc

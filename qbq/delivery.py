@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from qbq.backoff import backoff_ceiling
 from qbq.errors import DeliveryError
 from qbq.http import HttpClient, lookup_results, post_results
 from qbq.store import Store, acquire_outbox_lease, new_owner_id
@@ -14,6 +15,8 @@ from qbq.store import repository as repo
 __all__ = ["DeliveryReport", "drain_outbox"]
 
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+#: Longest wait before re-sending a failed delivery (seconds).
+_BACKOFF_MAX_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def drain_outbox(store: Store, client: HttpClient, *, process_id: str | None = N
         except DeliveryError as exc:
             failed += 1
             last_error = exc.message
-            delay = min(backoff_s * 2 ** attempts, 3600.0)
+            delay = backoff_ceiling(attempts + 1, base_s=backoff_s, max_s=_BACKOFF_MAX_S)
             with store.transaction() as session:
                 repo.mark_delivery_failed(session, row_id, error=exc.message,
                                           next_attempt_at=now() + timedelta(seconds=delay))

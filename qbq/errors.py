@@ -22,12 +22,21 @@
     │   └── RefusalError               the model refused
     ├── GradingFailedError         a batch could not be graded after its attempts
     │   └── RetryBudgetExhaustedError  the run's retry budget (attempts, tokens) is spent
-    └── DeliveryError              the results API refused or could not be reached
+    ├── DeliveryError              the results API refused or could not be reached
+    └── StoreStateError            a store row is missing or a state change breaks its rules
+
+Every error pickles (Dask and Prefect ship them between processes): `__reduce__` rebuilds it
+from its constructor arguments. Messages that reach the store are cut to `DETAIL_MAX`
+characters with `clip_detail`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 __all__ = [
+    "DETAIL_MAX",
     "ConfigurationError",
     "DeliveryError",
     "GradingFailedError",
@@ -49,9 +58,19 @@ __all__ = [
     "ResponseSchemaError",
     "ResponseShapeError",
     "RetryBudgetExhaustedError",
+    "StoreStateError",
     "TruncatedResponseError",
     "UnknownModelError",
+    "clip_detail",
 ]
+
+#: Longest error detail or failure reason kept in the store, the payload and logs (characters).
+DETAIL_MAX = 500
+
+
+def clip_detail(text: str, limit: int = DETAIL_MAX) -> str:
+    """`text` cut to `limit` characters, ending in "…" when it was longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class QbqError(Exception):
@@ -68,6 +87,18 @@ class QbqError(Exception):
     def error_type(self) -> str:
         return type(self).__name__
 
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Positional and keyword arguments that rebuild this error (see `__reduce__`)."""
+        return (self.message,), {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        args, kwargs = self._init_args()
+        return (_rebuild, (type(self), args, kwargs), self.__dict__.copy())
+
+
+def _rebuild(cls: type[QbqError], args: tuple[Any, ...], kwargs: dict[str, Any]) -> QbqError:
+    return cls(*args, **kwargs)
+
 
 class InputError(QbqError):
     """The request or configuration is wrong; nothing was sent to a model."""
@@ -81,6 +112,9 @@ class RequestValidationError(InputError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid request:\n" + "\n".join(f"  - {p}" for p in problems))
+
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.problems,), {}
 
 
 class ImageError(InputError):
@@ -111,15 +145,21 @@ class ProviderError(QbqError):
         super().__init__(message)
         self.status_code = status_code
 
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.message,), {"status_code": self.status_code}
+
 
 class RateLimitedError(ProviderError):
-    """HTTP 429 from the provider."""
+    """HTTP 429 from the provider; `retry_after` is the wait it asked for, in seconds."""
 
     def __init__(
         self, message: str, *, retry_after: float | None = None, status_code: int | None = 429
     ) -> None:
         super().__init__(message, status_code=status_code)
         self.retry_after = retry_after
+
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.message,), {"retry_after": self.retry_after, "status_code": self.status_code}
 
 
 class ProviderUnavailableError(ProviderError):
@@ -155,6 +195,9 @@ class ResponseError(QbqError):
         super().__init__(message)
         self.body = body
 
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.message,), {"body": self.body}
+
 
 class ResponseShapeError(ResponseError):
     """The reply is not JSON or lacks the expected envelope."""
@@ -167,16 +210,31 @@ class ResponseSchemaError(ResponseError):
 class ResponseRuleError(ResponseError):
     """The reply fits the schema but breaks the batch's rules.
 
-    `problems` lists every broken rule; `offending_refs` names the students they concern,
-    so a caller can keep the valid rest of the reply.
+    `problems` maps each offending student's ref to its broken rules (`GENERAL` holds the
+    problems that concern no expected student, e.g. invented refs), so a caller keeps the
+    valid rest of the reply and gives each student its own reason.
     """
 
-    def __init__(
-        self, problems: list[str], *, offending_refs: set[str], body: str | None = None
-    ) -> None:
-        super().__init__("reply breaks the rules: " + "; ".join(problems), body=body)
-        self.problems = problems
-        self.offending_refs = offending_refs
+    #: Key of `problems` for rules broken outside any expected student.
+    GENERAL = "*"
+
+    def __init__(self, problems: Mapping[str, Sequence[str]], *, body: str | None = None) -> None:
+        self.problems = {ref: list(lines) for ref, lines in problems.items()}
+        flat = [line for lines in self.problems.values() for line in lines]
+        super().__init__("reply breaks the rules: " + "; ".join(flat), body=body)
+
+    @property
+    def offending_refs(self) -> set[str]:
+        """The expected students whose part of the reply broke a rule."""
+        return {ref for ref in self.problems if ref != self.GENERAL}
+
+    def reason_for(self, ref: str) -> str | None:
+        """This student's own problems, joined; None when the student broke no rule."""
+        lines = self.problems.get(ref)
+        return "; ".join(lines) if lines else None
+
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.problems,), {"body": self.body}
 
 
 class TruncatedResponseError(ResponseError):
@@ -205,3 +263,12 @@ class DeliveryError(QbqError):
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.message,), {"status_code": self.status_code}
+
+
+class StoreStateError(QbqError):
+    """A store row is missing or a state change breaks the store's state rules."""
+
+    stage = "store"

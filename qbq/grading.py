@@ -1,29 +1,37 @@
-"""`grade_batch`: one planned batch through the model, with every fault turned into a grade or a
-reasoned failure, and every step recorded.
+"""`grade_batch`: one planned batch through the model, every fault turned into a grade or a
+reasoned failure, every step recorded.
 
-Retries live here and only here (the SDK's and Prefect's are off):
-- transient provider errors back off exponentially with full jitter; a 429 pauses every sender
-  of the key through the shared limiter until its `retry-after`;
-- an invalid reply is asked again with the validation errors, for the students still missing;
-  what stays invalid fails only the offending students;
-- a truncated reply splits the students in two (recursively, down to one) and the smaller size
-  is remembered for the rest of the run;
-- a refusal marks the students for human review with the model's reason;
-- the circuit breaker and the retry budget bound what a bad provider day can cost.
+The provider it is given already carries the cross-cutting guards (`qbq.guards`: retry budget,
+circuit breaker, in-flight slot, rate pacing). This module only decides what a reply or an
+error means. Each error kind has one handler returning a decision — the recovery rules at a
+glance (first matching row wins; `HANDLERS` is this table):
+
+    error                          decision
+    RetryBudgetExhaustedError      Fail   the students still pending
+    ProviderError                  Retry  after full-jitter backoff if transient (a 429 waits
+                                          in the shared limiter instead), up to max_attempts;
+                                          else Fail
+    TruncatedResponseError         Split  the students in two (the smaller size is remembered
+                                          for the run); one student: MoreRoom, doubling
+                                          max_completion_tokens up to the model's maximum; then
+                                          Fail
+    RefusalError                   Fail   flagged for human review
+    ResponseError (shape, schema,  Reask  with the problems (policy.reasks times), for the
+      rules)                              students still missing; then Fail, each student
+                                          with its own problems as the reason
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from qbq.backoff import full_jitter
 from qbq.domain import GradingRequest, Page, Student
 from qbq.errors import (
     ImageError,
@@ -35,21 +43,23 @@ from qbq.errors import (
     ResponseRuleError,
     RetryBudgetExhaustedError,
     TruncatedResponseError,
+    clip_detail,
 )
 from qbq.images import encode_data_uri, inspect_image
-from qbq.limiter import RateLimiter
 from qbq.observability.logs import log_batch_event
 from qbq.planning import PlannedBatch, prompt_questions
-from qbq.prompts import StudentPages, build_messages, response_format
-from qbq.provider import ChatProvider, ChatReply
-from qbq.recovery import RunGuards
+from qbq.prompts import StudentPages, build_messages, correction_text, response_format
+from qbq.provider import ChatProvider, ChatRequest
+from qbq.recovery import BatchSizeHint
 from qbq.response import StudentOut, check_reply, parse_reply
 from qbq.settings import GradingPolicy
 from qbq.store import Store, acquire_batch_lease, new_owner_id, utcnow
 from qbq.store import leases as repo_leases
 from qbq.store import repository as repo
+from qbq.usage import Usage
 
-__all__ = ["BatchOutcome", "GradingDeps", "backoff_delay", "grade_batch", "page_url"]
+__all__ = ["HANDLERS", "BatchOutcome", "Fail", "GradingDeps", "GroupState", "MoreRoom", "Reask",
+           "Retry", "Rules", "Split", "decide", "grade_batch", "page_url"]
 
 log = logging.getLogger("qbq.grading")
 
@@ -66,26 +76,25 @@ class BatchOutcome:
     from_store: bool
     n_students: int
     n_graded: int
-    model_calls: int = 0
+    usage: Usage = field(default_factory=Usage)
+    #: Requests sent for this batch (replies and failed attempts).
     attempts: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    latency_ms: float = 0.0
     error_type: str | None = None
     simulated: bool = False
 
 
 @dataclass
 class GradingDeps:
-    """The outside world `grade_batch` talks to, injected (fakes in tests, real in flows)."""
+    """The outside world `grade_batch` talks to, injected (fakes in tests, real in flows).
+
+    `provider` is the run's guarded provider (`qbq.guards.guarded_provider`); `size_hint` the
+    run's shared known-good batch size.
+    """
 
     provider: ChatProvider
     store: Store
     policy: GradingPolicy
-    guards: RunGuards
-    limiter: RateLimiter | None
-    in_flight: threading.Semaphore | None = None
+    size_hint: BatchSizeHint
     keep_raw_responses: bool = False
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
@@ -102,31 +111,126 @@ def page_url(page: Page) -> str:
     return encode_data_uri(data, inspect_image(data, what=page.image_id).mime)
 
 
-def backoff_delay(attempt: int, policy: GradingPolicy, rng: random.Random) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(max, base·2^(attempt-1))]."""
-    ceiling = min(policy.backoff_max_s, policy.backoff_base_s * 2 ** (attempt - 1))
-    return rng.uniform(0, ceiling)
+# --- the decision table -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Send the same students again after `delay_s` seconds."""
+
+    delay_s: float
+
+
+@dataclass(frozen=True)
+class Reask:
+    """Ask again for the students still pending, quoting what was wrong."""
+
+    correction: str
+
+
+@dataclass(frozen=True)
+class MoreRoom:
+    """Ask again with a larger completion budget (tokens)."""
+
+    max_completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Split:
+    """Grade the pending students in two halves."""
+
+
+@dataclass(frozen=True)
+class Fail:
+    """Give up on the pending students; `reason` overrides the error's own per-student reason."""
+
+    reason: str | None = None
+    needs_review: bool = False
+
+
+Decision = Retry | Reask | MoreRoom | Split | Fail
 
 
 @dataclass
-class _Tally:
-    calls: int = 0
-    attempts: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    latency_ms: float = 0.0
-    simulated: bool = False
-    last_raw: str | None = None
+class GroupState:
+    """Where the grading of one group of students stands."""
 
-    def add(self, reply: ChatReply) -> None:
-        self.calls += 1
-        self.prompt_tokens += reply.prompt_tokens
-        self.cached_tokens += reply.cached_tokens
-        self.completion_tokens += reply.completion_tokens
-        self.latency_ms += reply.latency_ms
-        self.simulated = self.simulated or reply.simulated
-        self.last_raw = reply.content
+    pending: list[Student]
+    max_completion_tokens: int
+    provider_failures: int = 0
+    reasks: int = 0
+    correction: str | None = None
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the handlers decide by: the policy, the model's output ceiling, a random source."""
+
+    policy: GradingPolicy
+    max_output_tokens: int
+    rng: random.Random
+
+
+def on_budget_spent(exc: RetryBudgetExhaustedError, state: GroupState, rules: Rules) -> Decision:
+    return Fail()
+
+
+def on_provider_error(exc: ProviderError, state: GroupState, rules: Rules) -> Decision:
+    failures = state.provider_failures + 1
+    if not exc.transient or failures >= rules.policy.max_attempts:
+        return Fail()
+    if isinstance(exc, RateLimitedError):
+        return Retry(0.0)  # the pacing wrapper paused every sender; the limiter does the wait
+    return Retry(full_jitter(failures, base_s=rules.policy.backoff_base_s,
+                             max_s=rules.policy.backoff_max_s, rng=rules.rng))
+
+
+def on_truncated(exc: TruncatedResponseError, state: GroupState, rules: Rules) -> Decision:
+    if len(state.pending) > 1:
+        return Split()
+    ceiling = rules.max_output_tokens
+    if state.max_completion_tokens >= ceiling:
+        return Fail("the reply was cut off even for this student alone at the model's "
+                    f"{ceiling:,} output tokens")
+    return MoreRoom(min(ceiling, state.max_completion_tokens * 2))
+
+
+def on_refusal(exc: RefusalError, state: GroupState, rules: Rules) -> Decision:
+    return Fail(f"the model refused; needs human review: {exc.message}", needs_review=True)
+
+
+def on_invalid_reply(exc: ResponseError, state: GroupState, rules: Rules) -> Decision:
+    if state.reasks < rules.policy.reasks:
+        return Reask(correction_text(exc.message))
+    return Fail()
+
+
+Handler = Callable[[Any, GroupState, Rules], Decision]
+
+#: Error kind → handler, first match wins (subclasses before their bases).
+HANDLERS: tuple[tuple[type[QbqError], Handler], ...] = (
+    (RetryBudgetExhaustedError, on_budget_spent),
+    (ProviderError, on_provider_error),
+    (TruncatedResponseError, on_truncated),
+    (RefusalError, on_refusal),
+    (ResponseError, on_invalid_reply),
+)
+
+
+def handler_for(exc: QbqError) -> Handler | None:
+    """The table's handler for `exc`, or None for errors grading does not recover from."""
+    return next((handler for kind, handler in HANDLERS if isinstance(exc, kind)), None)
+
+
+def decide(exc: QbqError, state: GroupState, rules: Rules) -> Decision:
+    """The table's decision for `exc` (raises `exc` itself when no row matches)."""
+    handler = handler_for(exc)
+    if handler is None:
+        raise exc
+    return handler(exc, state, rules)
+
+
+# --- one batch ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -142,109 +246,92 @@ class _Graded:
         self.failures.update(other.failures)
         self.last_error = other.last_error or self.last_error
 
-    def fail(self, refs: Sequence[str], error: QbqError, reason: str | None = None) -> None:
-        for ref in refs:
-            self.failures[ref] = {"reason": (reason or error.message)[:500],
-                                  "error_type": error.error_type,
-                                  "needs_review": isinstance(error, RefusalError)}
+    def fail(self, students: Sequence[Student], error: QbqError, decision: Fail) -> None:
+        for student in students:
+            own = error.reason_for(student.ref) if isinstance(error, ResponseRuleError) else None
+            self.failures[student.ref] = {
+                "reason": clip_detail(decision.reason or own or error.message),
+                "error_type": error.error_type, "needs_review": decision.needs_review}
         self.last_error = error
 
 
 class _BatchRun:
-    """Grades the students of one planned batch; every model call goes through `_call`."""
+    """Grades the students of one planned batch; holds what its requests cost."""
 
     def __init__(self, batch: PlannedBatch, request: GradingRequest, deps: GradingDeps,
                  owner: str) -> None:
-        self.batch = batch
-        self.owner = owner
+        self.batch, self.request, self.deps, self.owner = batch, request, deps, owner
         self.process_id = request.process_id()
-        self.request = request
-        self.deps = deps
-        self.key = batch.idempotency_key
-        self.tally = _Tally()
-        self.max_marks = request.max_marks
+        self.rules = Rules(deps.policy, request.spec.max_output_tokens, deps.rng)
+        self.usage = Usage()
+        self.attempts = 0
+        self.simulated = False
+        self.last_raw: str | None = None
+        self._requests_built = 0
         self._answer_urls = [page_url(p) for p in request.model_answer_pages]
         self._page_urls: dict[str, list[str]] = {}
-        self._first_call = True
         self._renewed = time.monotonic()
-
-    # -- one request -----------------------------------------------------------------------
-
-    def _messages(self, students: Sequence[Student], correction: str | None) -> list[dict[str, Any]]:
-        pages = [StudentPages(s.ref, self._urls(s)) for s in students]
-        return build_messages(instructions=self.request.instructions,
-                              questions=prompt_questions(self.request),
-                              model_answer_urls=self._answer_urls, students=pages,
-                              correction=correction)
 
     def _urls(self, student: Student) -> list[str]:
         if student.ref not in self._page_urls:
             self._page_urls[student.ref] = [page_url(p) for p in student.pages]
         return self._page_urls[student.ref]
 
-    def _call(self, students: Sequence[Student], correction: str | None,
-              max_tokens: int | None = None) -> ChatReply:
-        deps = self.deps
-        max_tokens = max_tokens or self.batch.max_completion_tokens
-        # the planned prompt of just these students; `settle` gives back what was not charged
-        cost = self.batch.prompt_tokens_for({s.ref for s in students}) + max_tokens
-        retry = not self._first_call
-        if retry:
-            deps.guards.budget.spend(cost)
-        self._first_call = False
-        deps.guards.breaker.before_call()
-        messages = self._messages(students, correction)
-        fmt = response_format([s.ref for s in students], list(self.max_marks))
-        slot = deps.in_flight or contextlib.nullcontext()
-        try:
-            with slot:  # a request slot first, then the rate: a reserved start is never idle
-                reservation = deps.limiter.acquire(cost) if deps.limiter else None
-                self._keep_lease()
-                self.tally.attempts += 1
-                reply = deps.provider.complete(
-                    model=self.request.model, messages=messages, response_format=fmt,
-                    max_completion_tokens=max_tokens)
-        except ProviderError as exc:
-            deps.guards.breaker.record_failure()
-            if isinstance(exc, RateLimitedError) and deps.limiter is not None:
-                deps.limiter.cool_down(exc.retry_after if exc.retry_after is not None else
-                                       backoff_delay(1, deps.policy, deps.rng))
-            raise
-        deps.guards.breaker.record_success()
-        self.tally.add(reply)
-        if retry:
-            deps.guards.budget.charge(reply.prompt_tokens + reply.completion_tokens)
-        if deps.limiter is not None and reservation is not None:
-            charged = reply.prompt_tokens + max_tokens
-            deps.limiter.settle(reservation, charged if reply.prompt_tokens else None,
-                                reply.rate_headers)
-        return reply
+    def _chat_request(self, state: GroupState) -> ChatRequest:
+        refs = [s.ref for s in state.pending]
+        messages = build_messages(
+            instructions=self.request.instructions, questions=prompt_questions(self.request),
+            model_answer_urls=self._answer_urls,
+            students=[StudentPages(s.ref, self._urls(s)) for s in state.pending],
+            correction=state.correction)
+        self._requests_built += 1
+        return ChatRequest(
+            model=self.request.model, messages=messages,
+            response_format=response_format(refs, list(self.request.max_marks)),
+            max_completion_tokens=state.max_completion_tokens,
+            planned_prompt_tokens=self.batch.prompt_tokens_for(set(refs)),
+            retry=self._requests_built > 1, on_send=self._on_send)
 
-    def _keep_lease(self) -> None:
-        """Renew our claim once a third of it has passed (waits for the limiter can be long)."""
+    def _on_send(self) -> None:
+        """Right before a request leaves: count it, and renew our claim on the batch once a
+        third of it has passed (waits for the rate or a slot can be long)."""
+        self.attempts += 1
         now = time.monotonic()
         if now - self._renewed < self.deps.policy.lease_s / 3:
             return
         with self.deps.store.transaction() as session:
-            repo_leases.renew_batch_lease(session, self.key, owner=self.owner, now=utcnow(),
-                                          lease_s=self.deps.policy.lease_s)
+            repo_leases.renew_batch_lease(session, self.batch.idempotency_key, owner=self.owner,
+                                          now=utcnow(), lease_s=self.deps.policy.lease_s)
         self._renewed = now
+
+    def _attempt(self, state: GroupState, out: _Graded) -> None:
+        """One request for the pending students; keeps the valid ones, raises for the rest."""
+        refs = [s.ref for s in state.pending]
+        reply = self.deps.provider.complete(self._chat_request(state))
+        self.usage += reply.usage
+        self.simulated = self.simulated or reply.simulated
+        self.last_raw = reply.content
+        parsed = parse_reply(reply.content, finish_reason=reply.finish_reason,
+                             refusal=reply.refusal)
+        checked = check_reply(parsed, refs, self.request.max_marks)
+        out.valid.update(checked.valid)
+        state.pending = [s for s in state.pending if s.ref not in checked.valid]
+        if state.pending:
+            raise ResponseRuleError(checked.problems, body=reply.content)
 
     def _record(self, exc: QbqError) -> None:
         with self.deps.store.transaction() as session:
-            repo.record_attempt_error(session, self.key, attempt=self.tally.attempts,
+            repo.record_attempt_error(session, self.batch.idempotency_key, attempt=self.attempts,
                                       error_type=exc.error_type, stage=exc.stage,
-                                      detail=exc.message[:500])
+                                      detail=exc.message)
         log_batch_event(log, "batch_attempt_failed", process_id=self.process_id,
-                        batch_id=self.batch.index, idempotency_key=self.key,
-                        model=self.request.model, attempt=self.tally.attempts,
+                        batch_id=self.batch.index, idempotency_key=self.batch.idempotency_key,
+                        model=self.request.model, attempt=self.attempts,
                         error_type=exc.error_type, stage=exc.stage)
 
-    # -- a group of students -----------------------------------------------------------------
-
     def grade(self, students: Sequence[Student]) -> _Graded:
-        """Grade `students`, splitting to the run's known-good size first."""
-        limit = self.deps.guards.size_hint.get()
+        """Grade `students`, in groups of the run's known-good size."""
+        limit = self.deps.size_hint.get()
         if limit is not None and len(students) > limit:
             out = _Graded()
             for i in range(0, len(students), limit):
@@ -254,88 +341,42 @@ class _BatchRun:
 
     def _grade_group(self, students: Sequence[Student]) -> _Graded:
         out = _Graded()
-        pending = list(students)
-        transient = 0
-        reasks = 0
-        correction: str | None = None
-        max_tokens = self.batch.max_completion_tokens
-        while pending:
-            refs = [s.ref for s in pending]
+        state = GroupState(list(students), self.batch.max_completion_tokens)
+        while state.pending:
             try:
-                reply = self._call(pending, correction, max_tokens)
-                parsed = parse_reply(reply.content, finish_reason=reply.finish_reason,
-                                     refusal=reply.refusal)
-                checked = check_reply(parsed, refs, self.max_marks)
-                out.valid.update(checked.valid)
-                pending = [s for s in pending if s.ref not in checked.valid]
-                if not pending:
-                    break
-                problems = [p for ref in refs if ref in checked.problems
-                            for p in checked.problems[ref]]
-                raise ResponseRuleError(problems, offending_refs=set(checked.problems) - {"*"},
-                                        body=reply.content)
-            except RetryBudgetExhaustedError as exc:
+                self._attempt(state, out)
+            except QbqError as exc:
+                if handler_for(exc) is None:
+                    raise
                 self._record(exc)
-                out.fail(refs, exc)
-                return out
-            except ProviderError as exc:
-                self._record(exc)
-                transient += 1
-                if not exc.transient or transient >= self.deps.policy.max_attempts:
-                    out.fail(refs, exc)
+                decision = decide(exc, state, self.rules)
+                if isinstance(decision, Fail):
+                    out.fail(state.pending, exc, decision)
                     return out
-                if not isinstance(exc, RateLimitedError):  # 429s wait in the shared limiter
-                    self.deps.sleep(backoff_delay(transient, self.deps.policy, self.deps.rng))
-            except TruncatedResponseError as exc:
-                self._record(exc)
-                if len(pending) == 1:
-                    # one student cannot be split: give the reply more room, up to the model's max
-                    ceiling = self.request.spec.max_output_tokens
-                    if max_tokens >= ceiling:
-                        out.fail(refs, exc, "the reply was cut off even for this student alone "
-                                 f"at the model's {ceiling:,} output tokens")
-                        return out
-                    max_tokens = min(ceiling, max_tokens * 2)
-                    continue
-                half = (len(pending) + 1) // 2
-                self.deps.guards.size_hint.shrink_to(half)
-                log.info("batch %d: reply truncated; splitting %d students into %d + %d",
-                         self.batch.index, len(pending), half, len(pending) - half)
-                out.merge(self.grade(pending[:half]))
-                out.merge(self.grade(pending[half:]))
-                return out
-            except RefusalError as exc:
-                self._record(exc)
-                out.fail(refs, exc, f"the model refused; needs human review: {exc.message}")
-                return out
-            except ResponseError as exc:
-                self._record(exc)
-                if reasks >= self.deps.policy.reasks:
-                    reasons = _reasons(exc)
-                    for ref in refs:
-                        out.fail([ref], exc, reasons.get(ref))
-                    return out
-                reasks += 1
-                correction = _correction(exc)
+                if isinstance(decision, Split):
+                    return self._split(state.pending, out)
+                self._apply(decision, state)
         return out
 
+    def _apply(self, decision: Retry | Reask | MoreRoom, state: GroupState) -> None:
+        if isinstance(decision, Retry):
+            state.provider_failures += 1
+            if decision.delay_s > 0:
+                self.deps.sleep(decision.delay_s)
+        elif isinstance(decision, Reask):
+            state.reasks += 1
+            state.correction = decision.correction
+        else:
+            state.max_completion_tokens = decision.max_completion_tokens
 
-def _reasons(exc: ResponseError) -> dict[str, str]:
-    """Per-student reasons from a rule error (each problem line starts with its ref)."""
-    if not isinstance(exc, ResponseRuleError):
-        return {}
-    reasons: dict[str, str] = {}
-    for problem in exc.problems:
-        for ref in exc.offending_refs:
-            if ref in problem:
-                reasons[ref] = f"{reasons[ref]}; {problem}" if ref in reasons else problem
-    return reasons
-
-
-def _correction(error: ResponseError) -> str:
-    return (f"Your previous answer was rejected: {error.message[:1500]}. Answer again with JSON "
-            "that follows the schema, with every listed student exactly once and every question "
-            "exactly once, each mark between 0 and the question's max_mark.")
+    def _split(self, pending: list[Student], out: _Graded) -> _Graded:
+        half = (len(pending) + 1) // 2
+        self.deps.size_hint.shrink_to(half)
+        log.info("batch %d: reply truncated; splitting %d students into %d + %d",
+                 self.batch.index, len(pending), half, len(pending) - half)
+        out.merge(self.grade(pending[:half]))
+        out.merge(self.grade(pending[half:]))
+        return out
 
 
 def _claim(batch: PlannedBatch, deps: GradingDeps, owner: str) -> bool:
@@ -361,57 +402,41 @@ def grade_batch(batch: PlannedBatch, request: GradingRequest, deps: GradingDeps)
         return BatchOutcome(batch.index, key, "succeeded", True, len(batch.students),
                             len(batch.students))
     run = _BatchRun(batch, request, deps, owner)
-    graded = run.grade(batch.students)
-    return _finish(run, graded)
+    return _finish(run, run.grade(batch.students))
 
 
 def _finish(run: _BatchRun, graded: _Graded) -> BatchOutcome:
-    batch, deps, tally = run.batch, run.deps, run.tally
+    """Store the batch's grades and failures, log its end, and say how it went."""
+    batch, deps, usage = run.batch, run.deps, run.usage
     key = batch.idempotency_key
     result = {
         "students": {ref: s.model_dump(mode="json") for ref, s in graded.valid.items()},
         "failures": graded.failures,
-        "simulated": tally.simulated,
-        "model_calls": tally.calls,
+        "simulated": run.simulated,
+        "model_calls": usage.replies,
     }
-    failed = bool(graded.failures)
-    raw = tally.last_raw if deps.keep_raw_responses or failed else None
-    usage: dict[str, Any] = {
-        "prompt_tokens": tally.prompt_tokens, "cached_tokens": tally.cached_tokens,
-        "completion_tokens": tally.completion_tokens, "latency_ms": tally.latency_ms,
-        "attempts": tally.attempts, "raw_response": raw, "result": result,
-    }
-    error = graded.last_error
+    error = graded.last_error if graded.failures else None
+    raw = run.last_raw if deps.keep_raw_responses or error else None
     with deps.store.transaction() as session:
-        if failed:
-            assert error is not None
+        if error is not None:
             repo.record_batch_failure(session, key, error_type=error.error_type,
-                                      stage=error.stage, detail=error.message[:500], **usage)
+                                      stage=error.stage, detail=clip_detail(error.message),
+                                      attempts=run.attempts, result=result, usage=usage,
+                                      raw_response=raw)
         else:
-            repo.record_batch_success(session, key, **usage)
-    failure = error if failed else None
-    log_batch_event(log, "batch_finished", logging.WARNING if failed else logging.INFO,
+            repo.record_batch_success(session, key, result=result, usage=usage,
+                                      attempts=run.attempts, raw_response=raw)
+    status: BatchStatus = "failed" if error else "succeeded"
+    log_batch_event(log, "batch_finished", logging.WARNING if error else logging.INFO,
                     process_id=run.process_id, batch_id=batch.index, idempotency_key=key,
-                    model=run.request.model, status="failed" if failed else "succeeded",
-                    n_students=len(batch.students), n_graded=len(graded.valid),
-                    tokens_in=tally.prompt_tokens, tokens_out=tally.completion_tokens,
-                    cached_tokens=tally.cached_tokens, latency_ms=tally.latency_ms,
-                    attempt=tally.attempts, retry_count=max(tally.attempts - 1, 0),
-                    error_type=failure.error_type if failure else None,
-                    stage=failure.stage if failure else "grade")
-    return BatchOutcome(
-        index=batch.index,
-        idempotency_key=key,
-        status="failed" if failed else "succeeded",
-        from_store=False,
-        n_students=len(batch.students),
-        n_graded=len(graded.valid),
-        model_calls=tally.calls,
-        attempts=tally.attempts,
-        prompt_tokens=tally.prompt_tokens,
-        cached_tokens=tally.cached_tokens,
-        completion_tokens=tally.completion_tokens,
-        latency_ms=tally.latency_ms,
-        error_type=error.error_type if failed and error else None,
-        simulated=tally.simulated,
-    )
+                    model=run.request.model, status=status, n_students=len(batch.students),
+                    n_graded=len(graded.valid), tokens_in=usage.prompt_tokens,
+                    tokens_out=usage.completion_tokens, cached_tokens=usage.cached_tokens,
+                    reasoning_tokens=usage.reasoning_tokens, latency_ms=usage.latency_ms,
+                    attempt=run.attempts, retry_count=max(run.attempts - 1, 0),
+                    error_type=error.error_type if error else None,
+                    stage=error.stage if error else "grade")
+    return BatchOutcome(index=batch.index, idempotency_key=key, status=status, from_store=False,
+                        n_students=len(batch.students), n_graded=len(graded.valid), usage=usage,
+                        attempts=run.attempts, error_type=error.error_type if error else None,
+                        simulated=run.simulated)

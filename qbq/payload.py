@@ -68,6 +68,7 @@ class RunSummary(BaseModel):
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
+    reasoning_tokens: int = 0
     estimated_cost_usd: float
     simulated: bool = Field(description="True when the grades came from qbq's simulator.")
 

@@ -6,19 +6,21 @@ prepare → register → (grade_batch per batch) → collect → finalize (paylo
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Literal
 
+from qbq.delivery import DeliveryReport
 from qbq.domain import GradingRequest
 from qbq.observability.lifecycle import purge_after_reduce
-from qbq.payload import LegacyPayload, NativePayload
+from qbq.payload import LegacyPayload, NativePayload, RunSummary
 from qbq.planning import BatchPlan
-from qbq.preparation import Prepared, prepare
+from qbq.preparation import Prepared
 from qbq.reduce import StoredBatch, reduce_results, to_legacy
 from qbq.settings import GradingPolicy, QbqSettings
 from qbq.store import BatchSpec, Store
 from qbq.store import repository as repo
 
-__all__ = ["Prepared", "build_payload", "collect", "finalize", "prepare", "register"]
+__all__ = ["Finalized", "RunResult", "build_payload", "collect", "finalize", "register"]
 
 
 def payload_format(request: GradingRequest, settings: QbqSettings) -> Literal["native", "legacy"]:
@@ -55,16 +57,8 @@ def collect(store: Store, plan: BatchPlan) -> dict[str, StoredBatch]:
     with store.transaction() as session:
         rows = repo.get_batches(session, [b.idempotency_key for b in plan.batches])
         return {
-            key: StoredBatch(
-                status=row.status,
-                result=row.result,
-                error_type=row.error_type,
-                error_detail=row.error_detail,
-                model_calls=int((row.result or {}).get("model_calls", 0)),
-                prompt_tokens=row.prompt_tokens or 0,
-                cached_tokens=row.cached_tokens or 0,
-                completion_tokens=row.completion_tokens or 0,
-            )
+            key: StoredBatch(status=row.status, result=row.result, error_type=row.error_type,
+                             error_detail=row.error_detail, usage=row.usage)
             for key, row in rows.items()
         }
 
@@ -79,12 +73,36 @@ def build_payload(prepared: Prepared, batches: dict[str, StoredBatch], *,
     return native, native
 
 
+@dataclass(frozen=True)
+class Finalized:
+    """A finished run's payloads: `native` (always) and `outgoing` (what is delivered: the
+    legacy form for legacy requests unless QBQ_PAYLOAD_FORMAT says otherwise)."""
+
+    native: NativePayload
+    outgoing: NativePayload | LegacyPayload
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a grading run returns to its caller (in process; never persisted by Prefect).
+
+    `summary` holds counts, tokens and cost only; the payloads hold names and feedback.
+    `delivery` is None when no results API is configured.
+    """
+
+    process_id: str
+    status: Literal["success", "failed"]
+    summary: RunSummary
+    payloads: Finalized
+    delivery: DeliveryReport | None = None
+
+
 def delivery_key(process_id: str) -> str:
     return f"{process_id}/results"
 
 
 def finalize(store: Store, prepared: Prepared, *, policy: GradingPolicy,
-             settings: QbqSettings) -> NativePayload:
+             settings: QbqSettings) -> Finalized:
     """Reduce, then mark the process done and queue the payload in the same transaction."""
     native, outgoing = build_payload(prepared, collect(store, prepared.plan), policy=policy,
                                      settings=settings)
@@ -101,4 +119,4 @@ def finalize(store: Store, prepared: Prepared, *, policy: GradingPolicy,
         )
     purge_after_reduce(store, [b.idempotency_key for b in prepared.plan.batches],
                        keep=settings.keep_raw_responses)
-    return native
+    return Finalized(native, outgoing)

@@ -19,10 +19,12 @@ __all__ = [
     "PromptQuestion",
     "StudentPages",
     "build_messages",
+    "correction_text",
     "questions_text",
     "response_format",
     "response_schema",
     "student_label",
+    "student_refs",
 ]
 
 #: Bumped whenever the messages or the schema change meaning; part of every idempotency key.
@@ -46,7 +48,17 @@ SYSTEM_PROMPT = (
     "written on the student's own pages. Answer with JSON that follows the given schema."
 )
 
+#: Longest part of the rejection reason quoted back to the model in a re-ask (characters).
+CORRECTION_QUOTE_MAX = 1500
+
 Detail = Literal["low", "high", "auto"]
+
+
+def correction_text(rejection: str) -> str:
+    """The re-ask message sent after an invalid reply; `rejection` says what was wrong."""
+    return (f"Your previous answer was rejected: {rejection[:CORRECTION_QUOTE_MAX]}. Answer again "
+            "with JSON that follows the schema, with every listed student exactly once and every "
+            "question exactly once, each mark between 0 and the question's max_mark.")
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,18 @@ def questions_text(questions: Sequence[PromptQuestion]) -> str:
 
 def student_label(ref: str) -> str:
     return STUDENT_LABEL + ref
+
+
+def student_refs(messages: Sequence[dict[str, Any]]) -> list[str]:
+    """The refs of the students a message list asks about, in order (from their labels)."""
+    refs: list[str] = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            refs.extend(part["text"][len(STUDENT_LABEL):] for part in content
+                        if isinstance(part, dict) and part.get("type") == "text"
+                        and str(part.get("text", "")).startswith(STUDENT_LABEL))
+    return refs
 
 
 def _image_part(url: str, detail: Detail) -> dict[str, Any]:

@@ -1,16 +1,21 @@
 """The model-provider adapter: Chat Completions through the official `openai` SDK.
 
-This is the only module that imports `openai`. It translates SDK exceptions into qbq's error
-tree and returns a `ChatReply` with the content, usage, latency and rate-limit headers. The SDK's
-own retries are switched off: `qbq.grading` owns retries so that `retry-after` is honoured once.
+This is the only module that imports `openai`. It sends one `ChatRequest`, translates SDK
+exceptions into qbq's error tree by one table (`STATUS_RULES`), and returns a `ChatReply` with
+the content, `Usage`, and the rate-limit headers. The SDK's own retries are switched off:
+`qbq.grading` decides retries, and the wrappers in `qbq.guards` pace and bound them, so that a
+`retry-after` is honoured once and nothing stacks.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
+from urllib.parse import urlsplit
 
 import openai
 from openai._constants import RAW_RESPONSE_HEADER
@@ -26,14 +31,55 @@ from qbq.errors import (
     RateLimitedError,
     ResponseShapeError,
 )
+from qbq.usage import Usage
 
-__all__ = ["ChatProvider", "ChatReply", "OpenAIChatProvider", "make_openai_client"]
+__all__ = ["STATUS_RULES", "ChatProvider", "ChatReply", "ChatRequest", "OpenAIChatProvider",
+           "is_loopback_host", "make_openai_client", "translate_error"]
 
 _RATE_HEADERS = (
     "x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
     "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens",
-    "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", "retry-after",
+    "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", "retry-after", "retry-after-ms",
 )
+_DETAIL_FROM_PROVIDER = 300  # characters of the provider's error message kept
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One Chat Completions request as qbq sends it, plus what the wrappers need to know.
+
+    The first fields are the wire body (https://platform.openai.com/docs/api-reference/chat/create);
+    fields left None are not sent. `planned_prompt_tokens` (the planner's estimate of the prompt)
+    and `retry` (this request repeats an earlier one: a retry or a re-ask) are read by the rate
+    pacing and the retry budget; `on_send` runs right before the HTTP request leaves, after any
+    wait for a slot or the rate (the batch renews its lease and counts the attempt there).
+    """
+
+    model: str
+    messages: list[dict[str, Any]]
+    response_format: dict[str, Any]
+    max_completion_tokens: int
+    reasoning_effort: str | None = None
+    prompt_cache_key: str | None = None
+    service_tier: str | None = None
+    planned_prompt_tokens: int = 0
+    retry: bool = False
+    on_send: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def reserved_tokens(self) -> int:
+        """Tokens the provider charges up front: the prompt plus `max_completion_tokens`."""
+        return self.planned_prompt_tokens + self.max_completion_tokens
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of the request."""
+        body: dict[str, Any] = {"model": self.model, "messages": self.messages,
+                                "response_format": self.response_format,
+                                "max_completion_tokens": self.max_completion_tokens}
+        optional = {"reasoning_effort": self.reasoning_effort,
+                    "prompt_cache_key": self.prompt_cache_key, "service_tier": self.service_tier}
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return body
 
 
 @dataclass(frozen=True)
@@ -43,38 +89,66 @@ class ChatReply:
     content: str | None
     refusal: str | None
     finish_reason: str | None
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
-    latency_ms: float
+    usage: Usage
     simulated: bool
     rate_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class ChatProvider(Protocol):
-    """What grading needs from a model provider."""
+    """What grading needs from a model provider: one request in, one reply out.
 
-    def complete(
-        self,
-        *,
-        model: str,
-        messages: list[dict[str, Any]],
-        response_format: dict[str, Any],
-        max_completion_tokens: int,
-    ) -> ChatReply: ...
+    Raises a `ProviderError` when no answer came, `ResponseShapeError` when the answer is not a
+    chat completion.
+    """
+
+    def complete(self, request: ChatRequest) -> ChatReply: ...
+
+
+def is_loopback_host(url: str) -> bool:
+    """Whether every address `url`'s host resolves to is a loopback address."""
+    host = urlsplit(url).hostname
+    if not host:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def _loopback_guard(request: Any) -> None:
+    url = str(request.url)
+    if not is_loopback_host(url):
+        raise ConfigurationError(
+            f"model request to {urlsplit(url).hostname!r} refused: QBQ_LOOPBACK_ONLY is set "
+            "(the test suite never calls a real model)")
 
 
 def make_openai_client(*, api_key: str | None = None, base_url: str | None = None,
-                       organization: str | None = None, timeout_s: float = 120.0) -> openai.OpenAI:
-    """An SDK client with retries off; unset arguments fall back to OPENAI_* variables."""
+                       organization: str | None = None, timeout_s: float = 120.0,
+                       loopback_only: bool = False) -> openai.OpenAI:
+    """An SDK client with retries off; unset arguments fall back to OPENAI_* variables.
+
+    `loopback_only` (the test suite's `QBQ_LOOPBACK_ONLY=true`) makes every request to a host
+    that is not a loopback address fail with `ConfigurationError` before it is sent.
+    Raises `ConfigurationError` without an API key.
+    """
+    http_client = (openai.DefaultHttpxClient(event_hooks={"request": [_loopback_guard]})
+                   if loopback_only else None)
     try:
-        return openai.OpenAI(api_key=api_key, base_url=base_url, organization=organization,
-                             timeout=timeout_s, max_retries=0)
+        client = openai.OpenAI(api_key=api_key, base_url=base_url, organization=organization,
+                               timeout=timeout_s, max_retries=0, http_client=http_client)
     except openai.OpenAIError as exc:
         raise ConfigurationError(
             "no OpenAI API key: set OPENAI_API_KEY (and OPENAI_BASE_URL for the simulator), "
             "or configure the OpenAIProvider block"
         ) from exc
+    if loopback_only and not is_loopback_host(str(client.base_url)):
+        client.close()
+        raise ConfigurationError(
+            f"model provider {urlsplit(str(client.base_url)).hostname!r} refused: "
+            "QBQ_LOOPBACK_ONLY is set (the test suite never calls a real model)")
+    return client
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -95,8 +169,35 @@ def _error_detail(exc: openai.APIStatusError) -> str:
     if isinstance(body, dict):
         err = body.get("error", body)
         if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:300]
-    return str(exc.message)[:300]
+            return str(err["message"])[:_DETAIL_FROM_PROVIDER]
+    return str(exc.message)[:_DETAIL_FROM_PROVIDER]
+
+
+#: HTTP status → qbq error, first match wins. The choice follows the SDK's own retry rule
+#: (`openai._base_client.BaseClient._should_retry`, and
+#: https://platform.openai.com/docs/guides/error-codes): 408 (request timeout) and 409 (lock
+#: timeout) are transient like 5xx; 429 pauses every sender; other 4xx mean our request is
+#: wrong and are not retried. An `x-should-retry: true|false` header overrides transience
+#: either way, as it does in the SDK.
+STATUS_RULES: tuple[tuple[Callable[[int], bool], type[ProviderError], str], ...] = (
+    (lambda code: code == 429, RateLimitedError, "rate limited"),
+    (lambda code: code == 408, ProviderTimeoutError, "the provider timed out (408)"),
+    (lambda code: code == 409, ProviderUnavailableError, "the provider was busy (409)"),
+    (lambda code: code >= 500, ProviderUnavailableError, "provider error"),
+    (lambda code: True, ProviderRequestError, "request refused"),
+)
+
+
+def _status_error(exc: openai.APIStatusError) -> ProviderError:
+    code, detail, headers = exc.status_code, _error_detail(exc), exc.response.headers
+    kind, label = next((kind, label) for match, kind, label in STATUS_RULES if match(code))
+    message = f"{label} ({code}): {detail}"
+    error: ProviderError = (RateLimitedError(message, retry_after=_retry_after(headers))
+                            if kind is RateLimitedError else kind(message, status_code=code))
+    should_retry = headers.get("x-should-retry")
+    if should_retry in ("true", "false"):
+        error.transient = should_retry == "true"
+    return error
 
 
 def translate_error(exc: openai.OpenAIError) -> ProviderError:
@@ -106,15 +207,20 @@ def translate_error(exc: openai.OpenAIError) -> ProviderError:
     if isinstance(exc, openai.APIConnectionError):
         return ProviderConnectionError(f"connection to the provider failed: {exc.message}")
     if isinstance(exc, openai.APIStatusError):
-        code = exc.status_code
-        detail = _error_detail(exc)
-        if code == 429:
-            return RateLimitedError(f"rate limited: {detail}",
-                                    retry_after=_retry_after(exc.response.headers))
-        if code >= 500:
-            return ProviderUnavailableError(f"provider error {code}: {detail}", status_code=code)
-        return ProviderRequestError(f"request refused ({code}): {detail}", status_code=code)
+        return _status_error(exc)
     return ProviderConnectionError(f"provider call failed: {type(exc).__name__}")
+
+
+def _usage(completion: ChatCompletion, latency_ms: float) -> Usage:
+    usage = completion.usage
+    if usage is None:
+        return Usage(replies=1, latency_ms=latency_ms)
+    prompt_details, completion_details = usage.prompt_tokens_details, usage.completion_tokens_details
+    return Usage.from_counts(
+        replies=1, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+        cached_tokens=prompt_details.cached_tokens if prompt_details else 0,
+        reasoning_tokens=completion_details.reasoning_tokens if completion_details else 0,
+        latency_ms=latency_ms)
 
 
 class OpenAIChatProvider:
@@ -123,28 +229,19 @@ class OpenAIChatProvider:
     def __init__(self, client: openai.OpenAI) -> None:
         self._client = client
 
-    def complete(
-        self,
-        *,
-        model: str,
-        messages: list[dict[str, Any]],
-        response_format: dict[str, Any],
-        max_completion_tokens: int,
-    ) -> ChatReply:
+    def complete(self, request: ChatRequest) -> ChatReply:
+        """Send `request` once; see `ChatProvider`."""
+        if request.on_send is not None:
+            request.on_send()
         start = time.perf_counter()
         try:
             # The SDK's own POST, without `create()`'s per-call walk of the messages through its
             # TypedDict annotations (~1 ms of CPU a call, measured): qbq's messages are already
             # plain JSON built by qbq.prompts. Auth, errors and response parsing are the SDK's.
-            raw = self._client.post(
-                "/chat/completions",
-                body={"model": model, "messages": messages, "response_format": response_format,
-                      "max_completion_tokens": max_completion_tokens},
-                cast_to=ChatCompletion,
-                options={"headers": {RAW_RESPONSE_HEADER: "true"}},
-            )
-            raw = cast(Any, raw)  # a LegacyAPIResponse[ChatCompletion], as with_raw_response
-            completion = raw.parse()
+            raw = cast(Any, self._client.post(
+                "/chat/completions", body=request.body(), cast_to=ChatCompletion,
+                options={"headers": {RAW_RESPONSE_HEADER: "true"}}))
+            completion = raw.parse()  # a LegacyAPIResponse[ChatCompletion], as with_raw_response
         except openai.APIResponseValidationError as exc:
             raise ResponseShapeError("the provider's answer is not a chat completion") from exc
         except openai.OpenAIError as exc:
@@ -153,19 +250,15 @@ class OpenAIChatProvider:
         if not completion.choices:
             raise ResponseShapeError("the provider's answer has no choices")
         choice = completion.choices[0]
-        usage = completion.usage
-        cached = 0
-        if usage is not None and usage.prompt_tokens_details is not None:
-            cached = usage.prompt_tokens_details.cached_tokens or 0
-        headers = {k: v for k in _RATE_HEADERS if (v := raw.headers.get(k)) is not None}
         return ChatReply(
             content=choice.message.content,
             refusal=choice.message.refusal,
             finish_reason=choice.finish_reason,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            cached_tokens=cached,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            latency_ms=latency_ms,
+            usage=_usage(completion, latency_ms),
             simulated=raw.headers.get("x-qbq-simulated") == "true",
-            rate_headers=headers,
+            rate_headers={k: v for k in _RATE_HEADERS if (v := raw.headers.get(k)) is not None},
         )
+
+    def close(self) -> None:
+        """Close the SDK client's connections."""
+        self._client.close()

@@ -7,10 +7,10 @@ invalid appears in `failures` with the reason.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from qbq.domain import GradingRequest
+from qbq.domain import GradingRequest, Student
 from qbq.payload import (
     LegacyAnswer,
     LegacyPayload,
@@ -23,7 +23,9 @@ from qbq.payload import (
     StudentName,
 )
 from qbq.planning import BatchPlan
+from qbq.review import answers_need_review
 from qbq.settings import GradingPolicy
+from qbq.usage import Usage
 
 __all__ = ["StoredBatch", "reduce_results", "to_legacy"]
 
@@ -36,82 +38,81 @@ class StoredBatch:
     result: Mapping[str, Any] | None
     error_type: str | None
     error_detail: str | None
-    model_calls: int
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
-
-
-def _needs_review(answers: list[PayloadAnswer]) -> bool:
-    return any(a.confidence == "low" or a.status == "unreadable" for a in answers)
+    usage: Usage = field(default_factory=Usage)
 
 
 def reduce_results(request: GradingRequest, plan: BatchPlan, batches: Mapping[str, StoredBatch],
                    policy: GradingPolicy) -> NativePayload:
+    """The payload of a run: every planned student graded or failed with its reason, in plan
+    order, and the run summary (usage summed over the stored batches)."""
     students: list[PayloadStudent] = []
     failures: list[PayloadFailure] = []
     order = {q.question_number: i for i, q in enumerate(request.questions)}
-    calls = prompt = cached = completion = 0
-    simulated = False
-    cost_in, cost_cached, cost_out = plan.cost_per_m
     for batch in plan.batches:
         stored = batches.get(batch.idempotency_key)
         result = (stored.result if stored else None) or {}
         graded: Mapping[str, Any] = result.get("students", {})
         failed: Mapping[str, Any] = result.get("failures", {})
-        if stored is not None:
-            calls += stored.model_calls
-            prompt += stored.prompt_tokens
-            cached += stored.cached_tokens
-            completion += stored.completion_tokens
-            simulated = simulated or bool(result.get("simulated"))
         for student in batch.students:
             reply = graded.get(student.ref)
             if reply is not None:
-                answers = sorted(
-                    (PayloadAnswer.model_validate({k: a[k] for k in PayloadAnswer.model_fields})
-                     for a in reply["answers"]),
-                    key=lambda a: order[a.question_number],
-                )
-                name = StudentName.model_validate(reply["name"]) if reply.get("name") else None
-                students.append(PayloadStudent(ref=student.ref, image_ids=student.image_ids,
-                                               status="graded", needs_review=_needs_review(answers),
-                                               name=name, answers=answers))
+                students.append(_graded_student(student, reply, order))
                 continue
             reason, error_type, review = _failure_reason(stored, failed.get(student.ref))
             failures.append(PayloadFailure(ref=student.ref, reason=reason, error_type=error_type))
             students.append(PayloadStudent(ref=student.ref, image_ids=student.image_ids,
                                            status="failed", needs_review=review, answers=[]))
-    n = len(students)
-    n_graded = n - len(failures)
-    coverage = n_graded / n if n else 0.0
-    summary = RunSummary(
+    summary = _summary(request, plan, batches, policy, students, failures)
+    coverage = (len(students) - len(failures)) / len(students) if students else 0.0
+    status: Literal["success", "failed"] = (
+        "success" if students and coverage >= policy.min_coverage else "failed"
+    )
+    return NativePayload(assessment_id=request.assessment_id, process_id=plan.process_id,
+                         status=status, students=students, failures=failures, summary=summary)
+
+
+def _graded_student(student: Student, reply: Mapping[str, Any],
+                    order: Mapping[str, int]) -> PayloadStudent:
+    answers = sorted(
+        (PayloadAnswer.model_validate({k: a[k] for k in PayloadAnswer.model_fields})
+         for a in reply["answers"]),
+        key=lambda a: order[a.question_number],
+    )
+    name = StudentName.model_validate(reply["name"]) if reply.get("name") else None
+    return PayloadStudent(ref=student.ref, image_ids=student.image_ids, status="graded",
+                          needs_review=answers_need_review((a.confidence, a.status)
+                                                           for a in answers),
+                          name=name, answers=answers)
+
+
+def _summary(request: GradingRequest, plan: BatchPlan, batches: Mapping[str, StoredBatch],
+             policy: GradingPolicy, students: list[PayloadStudent],
+             failures: list[PayloadFailure]) -> RunSummary:
+    stored = [s for b in plan.batches if (s := batches.get(b.idempotency_key)) is not None]
+    usage = sum((s.usage for s in stored), Usage())
+    n, n_graded = len(students), len(students) - len(failures)
+    cost_in, cost_cached, cost_out = plan.cost_per_m
+    return RunSummary(
         model=request.model,
         students=n,
         graded=n_graded,
         failed=len(failures),
         needs_review=sum(1 for s in students if s.needs_review),
-        coverage=round(coverage, 6),
+        coverage=round(n_graded / n if n else 0.0, 6),
         min_coverage=policy.min_coverage,
         batches=len(plan.batches),
-        batches_failed=sum(
-            1 for b in plan.batches
-            if (s := batches.get(b.idempotency_key)) is None or s.status != "succeeded"
-        ),
-        model_calls=calls,
-        prompt_tokens=prompt,
-        cached_tokens=cached,
-        completion_tokens=completion,
+        batches_failed=len(plan.batches) - sum(1 for s in stored if s.status == "succeeded"),
+        model_calls=usage.replies,
+        prompt_tokens=usage.prompt_tokens,
+        cached_tokens=usage.cached_tokens,
+        completion_tokens=usage.completion_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
         estimated_cost_usd=round(
-            ((prompt - cached) * cost_in + cached * cost_cached + completion * cost_out) / 1e6, 6
+            ((usage.prompt_tokens - usage.cached_tokens) * cost_in + usage.cached_tokens * cost_cached
+             + usage.completion_tokens * cost_out) / 1e6, 6
         ),
-        simulated=simulated,
+        simulated=any(bool((s.result or {}).get("simulated")) for s in stored),
     )
-    status: Literal["success", "failed"] = (
-        "success" if n and coverage >= policy.min_coverage else "failed"
-    )
-    return NativePayload(assessment_id=request.assessment_id, process_id=plan.process_id,
-                         status=status, students=students, failures=failures, summary=summary)
 
 
 def _failure_reason(stored: StoredBatch | None,

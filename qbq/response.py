@@ -18,7 +18,7 @@ from qbq.errors import (
 )
 
 __all__ = ["AnswerOut", "CheckedReply", "GradingReply", "NameOut", "StudentOut", "check_reply",
-           "parse_reply"]
+           "parse_reply", "rule_error"]
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -134,7 +134,8 @@ def check_reply(reply: GradingReply, refs: Sequence[str],
             valid[student.ref] = student
     if unknown:
         # Not one of ours: it cannot be kept, and it says nothing about the valid students.
-        problems.setdefault("*", []).append(f"unknown students in the reply: {unknown}")
+        problems.setdefault(ResponseRuleError.GENERAL, []).append(
+            f"unknown students in the reply: {unknown}")
     return CheckedReply(valid, problems)
 
 
@@ -155,8 +156,7 @@ def _answer_problems(student: StudentOut, max_marks: Mapping[str, float]) -> lis
 
 
 def rule_error(checked: CheckedReply, body: str | None) -> ResponseRuleError | None:
+    """The reply's broken rules as one error (per student ref), or None when it broke none."""
     if not checked.problems:
         return None
-    flat = [p for ps in checked.problems.values() for p in ps]
-    offending = {r for r in checked.problems if r != "*"}
-    return ResponseRuleError(flat, offending_refs=offending, body=body)
+    return ResponseRuleError(checked.problems, body=body)

@@ -167,6 +167,10 @@ class QbqSettings(BaseSettings):
         False, description="Keep raw model replies after reduce (they may hold personal data)."
     )
     log_format: Literal["text", "json"] = Field("text", description="Console log format.")
+    loopback_only: bool = Field(
+        False, description="Refuse every model request to a host that is not a loopback "
+        "address (the test suite sets QBQ_LOOPBACK_ONLY=true, so no test can call a real model)."
+    )
 
 
 def task_threads(settings: QbqSettings) -> int:

@@ -42,7 +42,7 @@ CONTEXT_FIELDS: Final = (
 #: Everything `log_batch_event` lets through: the context fields plus a few counts and states.
 ALLOWED_FIELDS: Final = frozenset(
     (*CONTEXT_FIELDS, "status", "n_students", "n_graded", "from_store", "delay_s", "http_status",
-     "batches", "done", "total")
+     "batches", "done", "total", "reasoning_tokens")
 )
 #: Prefect's run metadata, rendered when the record carries it.
 _RUN_FIELDS: Final = ("flow_run_id", "flow_run_name", "flow_name", "task_run_id",

@@ -17,8 +17,10 @@ from typing import Any
 from qbq.catalog import get_model_spec
 from qbq.errors import UnknownModelError
 from qbq.observability.logs import add_event_observer
+from qbq.review import answers_need_review
 from qbq.store import BatchAttemptRow, BatchRow, ProcessRow, Store, queries
 from qbq.store import repository as repo
+from qbq.usage import Usage
 
 __all__ = [
     "RATE_LIMIT_ERROR",
@@ -57,6 +59,7 @@ class BatchFigures:
     tokens_in: int
     tokens_out: int
     cached_tokens: int
+    reasoning_tokens: int
     latency_ms: float | None
     error_type: str | None
     students: int
@@ -65,14 +68,16 @@ class BatchFigures:
 
 def batch_figures(batch: BatchRow) -> BatchFigures:
     result = batch.result or {}
+    usage = batch.usage
     return BatchFigures(
         index=batch.batch_index,
         status=batch.status,
         attempts=batch.attempts,
-        model_replies=int(result.get("model_calls", 0)),
-        tokens_in=batch.prompt_tokens or 0,
-        tokens_out=batch.completion_tokens or 0,
-        cached_tokens=batch.cached_tokens or 0,
+        model_replies=usage.replies,
+        tokens_in=usage.prompt_tokens,
+        tokens_out=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
         latency_ms=None if batch.latency_ms is None else round(batch.latency_ms, 1),
         error_type=batch.error_type,
         students=len(batch.student_refs),
@@ -110,6 +115,7 @@ class ProcessMetrics:
     tokens_in: int
     tokens_out: int
     cached_tokens: int
+    reasoning_tokens: int
     estimated_cost_usd: float | None
     errors_by_type: dict[str, int] = field(default_factory=dict)
 
@@ -118,13 +124,14 @@ class ProcessMetrics:
 
 
 def _needs_review(student: Mapping[str, Any]) -> bool:
-    answers = student.get("answers") or []
-    return any(a.get("confidence") == "low" or a.get("status") == "unreadable" for a in answers)
+    return answers_need_review((a.get("confidence"), a.get("status"))
+                               for a in student.get("answers") or [])
 
 
 def compute_metrics(process: ProcessRow, batches: Iterable[BatchRow],
                     attempts: Iterable[BatchAttemptRow]) -> ProcessMetrics:
     """The metrics of one process from its rows (pure)."""
+    # Long only because `ProcessMetrics` has one field per figure; each is one line below.
     rows = list(batches)
     errors = Counter(a.error_type for a in attempts)
     graded = review = 0
@@ -140,12 +147,10 @@ def compute_metrics(process: ProcessRow, batches: Iterable[BatchRow],
     by_status = Counter(b.status for b in rows)
     n_batches = max(process.n_batches, len(rows))
     latencies = [b.latency_ms for b in rows if b.latency_ms is not None and b.attempts > 0]
-    tokens_in = sum(b.prompt_tokens or 0 for b in rows)
-    tokens_out = sum(b.completion_tokens or 0 for b in rows)
-    cached = sum(b.cached_tokens or 0 for b in rows)
+    usage = sum((b.usage for b in rows), Usage())
     try:
-        cost: float | None = round(
-            get_model_spec(process.model).cost_usd(tokens_in, cached, tokens_out), 6)
+        cost: float | None = round(get_model_spec(process.model).cost_usd(
+            usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens), 6)
     except UnknownModelError:
         cost = None  # unknown prices: the cost is unknown, not zero
     p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
@@ -165,15 +170,16 @@ def compute_metrics(process: ProcessRow, batches: Iterable[BatchRow],
         batches_unfinished=n_batches - by_status["succeeded"] - by_status["failed"],
         batch_success_rate=round(by_status["succeeded"] / n_batches, 6) if n_batches else 0.0,
         requests=sum(b.attempts for b in rows),
-        model_replies=sum(int((b.result or {}).get("model_calls", 0)) for b in rows),
+        model_replies=usage.replies,
         retries=sum(max(b.attempts - 1, 0) for b in rows),
         rate_limited=errors[RATE_LIMIT_ERROR],
         latency_p50_ms=None if p50 is None else round(p50, 1),
         latency_p95_ms=None if p95 is None else round(p95, 1),
         latency_max_ms=round(max(latencies), 1) if latencies else None,
-        tokens_in=tokens_in,
-        tokens_out=tokens_out,
-        cached_tokens=cached,
+        tokens_in=usage.prompt_tokens,
+        tokens_out=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
         estimated_cost_usd=cost,
         errors_by_type=dict(sorted(errors.items())),
     )
@@ -223,7 +229,7 @@ def start_prometheus(port: int, addr: str = "127.0.0.1") -> int:
             registry=registry,
             batches=Counter("qbq_batches", "Batches finished, by status.", ["status"],
                             registry=registry),
-            tokens=Counter("qbq_tokens", "Model tokens, by kind (in, out, cached).", ["kind"],
+            tokens=Counter("qbq_tokens", "Model tokens, by kind (in, out, cached, reasoning).", ["kind"],
                            registry=registry),
             retries=Counter("qbq_retries", "Batch attempts beyond the first.", registry=registry),
             errors=Counter("qbq_errors", "Failed batch attempts, by error type.", ["error_type"],
@@ -242,7 +248,8 @@ def start_prometheus(port: int, addr: str = "127.0.0.1") -> int:
 def _observe(event: str, fields: Mapping[str, Any]) -> None:
     if event == "batch_finished":
         _prom["batches"].labels(status=str(fields.get("status", "unknown"))).inc()
-        for kind, key in (("in", "tokens_in"), ("out", "tokens_out"), ("cached", "cached_tokens")):
+        for kind, key in (("in", "tokens_in"), ("out", "tokens_out"), ("cached", "cached_tokens"),
+                          ("reasoning", "reasoning_tokens")):
             value = fields.get(key)
             if isinstance(value, int) and value > 0:
                 _prom["tokens"].labels(kind=kind).inc(value)

@@ -13,6 +13,7 @@ from typing import Any, Final, Literal
 
 import pandas as pd
 
+from qbq.review import answer_needs_review, review_reason
 from qbq.store import BatchRow, Store, queries
 from qbq.store import repository as repo
 
@@ -22,7 +23,6 @@ __all__ = [
     "draw_mark_chart",
     "export_marks",
     "marks_frame",
-    "needs_review",
     "review_frame",
     "stored_max_marks",
 ]
@@ -32,15 +32,6 @@ EXPORT_COLUMNS: Final = ("ref", "question_number", "mark", "max_mark", "confiden
                          "needs_review", "student_status")
 #: PNG text chunk holding the chart's panel count (for tests and tooling).
 PANELS_KEY: Final = "qbq:panels"
-_REVIEW_CONFIDENCE: Final = frozenset({"low"})
-_REVIEW_STATUS: Final = frozenset({"blank", "unreadable"})
-
-
-def needs_review(confidence: str | None, status: str | None) -> bool:
-    """An answer a person should look at: low confidence, blank or unreadable."""
-    return confidence in _REVIEW_CONFIDENCE or status in _REVIEW_STATUS
-
-
 def stored_max_marks(summary: Mapping[str, Any] | None) -> dict[str, float]:
     """The question list saved on the process summary (see `metrics.save_metrics`)."""
     raw = (summary or {}).get("max_marks") or {}
@@ -73,7 +64,7 @@ def _rows_of(batch: BatchRow, max_marks: Mapping[str, float],
                 "max_mark": max_marks.get(qnum, math.nan),
                 "confidence": answer.get("confidence"),
                 "status": answer.get("status"),
-                "needs_review": needs_review(answer.get("confidence"), answer.get("status")),
+                "needs_review": answer_needs_review(answer.get("confidence"), answer.get("status")),
                 "student_status": "graded",
             }
             if with_feedback:
@@ -132,11 +123,11 @@ def export_marks(frame: pd.DataFrame, path: Path, fmt: Literal["csv", "parquet"]
 
 
 def review_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Answers needing review (low confidence, blank, unreadable), then students not graded who
-    need a person (a refusal) as one row each with question "*"; adds a `reason` column."""
+    """Answers needing review (`qbq.review`'s rule), then students not graded who need a
+    person (a refusal) as one row each with question "*"; adds a `reason` column."""
     graded = frame[(frame["student_status"] == "graded") & frame["needs_review"]].copy()
     graded["reason"] = [
-        str(status) if status in _REVIEW_STATUS else f"{confidence} confidence"
+        review_reason(confidence, status)
         for confidence, status in zip(graded["confidence"], graded["status"], strict=True)
     ]
     refused = frame[(frame["student_status"] != "graded") & frame["needs_review"]]

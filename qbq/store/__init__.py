@@ -6,6 +6,7 @@ and never commit.
 
 from __future__ import annotations
 
+from qbq.errors import StoreStateError
 from qbq.store.engine import Store
 from qbq.store.leases import (
     BatchClaim,
@@ -27,7 +28,6 @@ from qbq.store.models import (
 )
 from qbq.store.repository import (
     BatchSpec,
-    StoreStateError,
     complete_process,
     ensure_batches,
     ensure_process,

@@ -17,8 +17,8 @@ from typing import Any, Literal, cast
 from sqlalchemy import CursorResult, Result, or_, select, update
 from sqlalchemy.orm import Session
 
+from qbq.errors import StoreStateError
 from qbq.store.models import BatchRow, OutboxRow
-from qbq.store.repository import StoreStateError
 
 __all__ = [
     "BatchClaim",

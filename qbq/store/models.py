@@ -23,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from qbq.usage import Usage
+
 __all__ = [
     "BATCH_STATUSES",
     "OUTBOX_STATUSES",
@@ -143,6 +145,7 @@ class BatchRow(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
     cached_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
     completion_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
     latency_ms: Mapped[float | None] = mapped_column(default=None)
     model: Mapped[str] = mapped_column(String(200))
     error_type: Mapped[str | None] = mapped_column(String(100), default=None)
@@ -154,6 +157,15 @@ class BatchRow(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    @property
+    def usage(self) -> Usage:
+        """What this batch's model replies cost (zeros while it has none)."""
+        return Usage.from_counts(
+            replies=int((self.result or {}).get("model_calls", 0)),
+            prompt_tokens=self.prompt_tokens, cached_tokens=self.cached_tokens,
+            completion_tokens=self.completion_tokens, reasoning_tokens=self.reasoning_tokens,
+            latency_ms=self.latency_ms)
 
 
 class BatchAttemptRow(Base):

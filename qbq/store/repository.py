@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, CursorResult, Result, Select, case, func, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from qbq.errors import QbqError
+from qbq.errors import DETAIL_MAX, StoreStateError, clip_detail
 from qbq.store.models import (
     BatchAttemptRow,
     BatchRow,
@@ -31,11 +31,11 @@ from qbq.store.models import (
     ProcessStatus,
     utcnow,
 )
+from qbq.usage import Usage
 
 __all__ = [
     "ATTEMPT_DETAIL_MAX",
     "BatchSpec",
-    "StoreStateError",
     "complete_process",
     "ensure_batches",
     "ensure_process",
@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 #: Longest `batch_attempts.detail` kept; longer details are cut.
-ATTEMPT_DETAIL_MAX = 500
+ATTEMPT_DETAIL_MAX = DETAIL_MAX
 _LAST_ERROR_MAX = 2000
 #: Keys per IN (...) list, well below SQLite's bound-parameter limit.
 _CHUNK = 500
@@ -68,12 +68,6 @@ _PROCESS_FROM: dict[ProcessStatus, tuple[ProcessStatus, ...]] = {
 }
 _CLAIMABLE: tuple[BatchStatus, ...] = ("pending", "running", "failed")
 _FINISHABLE: tuple[BatchStatus, ...] = ("running", "failed")
-
-
-class StoreStateError(QbqError):
-    """A row is missing or a state change breaks the store's state rules."""
-
-    stage = "store"
 
 
 @dataclass(frozen=True)
@@ -257,10 +251,7 @@ def record_batch_success(
     key: str,
     *,
     result: dict[str, Any],
-    prompt_tokens: int | None,
-    cached_tokens: int | None,
-    completion_tokens: int | None,
-    latency_ms: float | None,
+    usage: Usage,
     attempts: int,
     raw_response: str | None,
 ) -> bool:
@@ -275,10 +266,7 @@ def record_batch_success(
         .values(
             status="succeeded",
             result=result,
-            prompt_tokens=prompt_tokens,
-            cached_tokens=cached_tokens,
-            completion_tokens=completion_tokens,
-            latency_ms=latency_ms,
+            **_usage_columns(usage),
             attempts=attempts,
             raw_response=raw_response,
             error_type=None,
@@ -303,10 +291,7 @@ def record_batch_failure(
     detail: str,
     attempts: int,
     result: dict[str, Any] | None = None,
-    prompt_tokens: int | None = None,
-    cached_tokens: int | None = None,
-    completion_tokens: int | None = None,
-    latency_ms: float | None = None,
+    usage: Usage | None = None,
     raw_response: str | None = None,
 ) -> bool:
     """Mark a running batch failed with its last error; returns whether it wrote.
@@ -324,10 +309,7 @@ def record_batch_failure(
             error_detail=detail,
             attempts=attempts,
             result=result,
-            prompt_tokens=prompt_tokens,
-            cached_tokens=cached_tokens,
-            completion_tokens=completion_tokens,
-            latency_ms=latency_ms,
+            **_usage_columns(usage),
             raw_response=raw_response,
             lease_owner=None,
             lease_expires_at=None,
@@ -345,8 +327,7 @@ def record_attempt_error(
     """Add one failed attempt of the batch to its history (detail cut to 500 characters)."""
     if session.scalar(select(BatchRow.id).where(BatchRow.idempotency_key == key)) is None:
         raise StoreStateError(f"no batch {key!r}")
-    if len(detail) > ATTEMPT_DETAIL_MAX:
-        detail = detail[: ATTEMPT_DETAIL_MAX - 1] + "…"
+    detail = clip_detail(detail, ATTEMPT_DETAIL_MAX)
     row = BatchAttemptRow(
         idempotency_key=key, attempt=attempt, error_type=error_type, stage=stage, detail=detail
     )
@@ -448,6 +429,16 @@ def mark_delivery_failed(
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def _usage_columns(usage: Usage | None) -> dict[str, Any]:
+    """The batch columns that hold `usage` (all None when nothing was used or known)."""
+    if usage is None:
+        return dict.fromkeys(("prompt_tokens", "cached_tokens", "completion_tokens",
+                              "reasoning_tokens", "latency_ms"))
+    return {"prompt_tokens": usage.prompt_tokens, "cached_tokens": usage.cached_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "reasoning_tokens": usage.reasoning_tokens, "latency_ms": usage.latency_ms}
 
 
 def _dialect(session: Session) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.chaos import format_report, run_chaos
+from qbq.testing.chaos import format_report, run_chaos
 
 
 def test_kills_duplicates_and_outages_lose_and_duplicate_nothing(tmp_path: Path) -> None:
@@ -36,10 +36,10 @@ def test_two_runs_of_one_request_started_together_call_the_model_once_per_batch(
 
     import httpx
 
-    from benchmarks.harness import prefect_server
     from qbq.receiver import create_app as create_receiver
     from qbq.sample import truth_of, write_sample
     from qbq.simulator import BackgroundServer, SimConfig, create_app
+    from qbq.testing.harness import prefect_server
 
     request = write_sample(tmp_path / "s", students=8, pages=1, questions=2, seed=21)
     with prefect_server(tmp_path / "prefect", None) as api_url, \

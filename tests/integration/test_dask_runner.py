@@ -11,6 +11,7 @@ import pytest
 from flows.config import RunnerSettings, make_task_runner
 from flows.grade_assessment import grade_assessment
 from qbq.sample import truth_of, write_sample
+from qbq.settings import QbqSettings, task_threads
 from qbq.simulator import BackgroundServer
 from tests.integration.conftest import received
 from tests.support import PgServer, require_pg
@@ -29,12 +30,15 @@ def cluster() -> Iterator[Any]:
 
 
 def test_dask_runner_choice() -> None:
-    assert type(make_task_runner(RunnerSettings())).__name__ == "ThreadPoolTaskRunner"
-    runner = make_task_runner(RunnerSettings(task_runner="dask", dask_workers=3))
+    settings = QbqSettings(max_in_flight=3)
+    threads = make_task_runner(settings, RunnerSettings())
+    assert type(threads).__name__ == "ThreadPoolTaskRunner"
+    assert threads._max_workers == task_threads(settings)  # sized from the run's settings
+    runner = make_task_runner(settings, RunnerSettings(task_runner="dask", dask_workers=3))
     assert isinstance(runner, prefect_dask.DaskTaskRunner)
     assert runner.cluster_kwargs["n_workers"] == 3
-    remote = make_task_runner(RunnerSettings(task_runner="dask",
-                                             dask_address="tcp://127.0.0.1:8786"))
+    remote = make_task_runner(settings, RunnerSettings(task_runner="dask",
+                                                       dask_address="tcp://127.0.0.1:8786"))
     assert isinstance(remote, prefect_dask.DaskTaskRunner)
     assert remote.address == "tcp://127.0.0.1:8786"
 
@@ -53,15 +57,16 @@ def test_batches_graded_on_the_dask_cluster(
     monkeypatch.setenv("QBQ_RPM", "6000")
     monkeypatch.setenv("QBQ_TPM", "100000000")
     monkeypatch.setenv("QBQ_LIMITER_DIR", str(tmp_path / "limiter"))
+    # the task runner is chosen when the flow is called, not when its module was imported
+    monkeypatch.setenv("QBQ_TASK_RUNNER", "dask")
+    monkeypatch.setenv("QBQ_DASK_ADDRESS", cluster.scheduler_address)
     request = write_sample(tmp_path / "sample", students=8, pages=1, questions=2, seed=21)
-    runner = make_task_runner(RunnerSettings(task_runner="dask",
-                                             dask_address=cluster.scheduler_address))
 
     with distributed.Client(cluster.scheduler_address) as client, \
             distributed.get_task_stream(client) as stream:
-        summary = grade_assessment.with_options(task_runner=runner)(request_path=str(request))
+        result = grade_assessment(request_path=str(request))
 
-    assert summary["status"] == "success" and summary["graded"] == 8
+    assert result.status == "success" and result.summary.graded == 8
     assert sim_stats()["requests"] == 4
     payloads = received(receiver)["payloads"]
     assert len(payloads) == 1

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.faults import KINDS, policy, run_matrix, run_one, table
 from qbq.sample import write_sample
 from qbq.simulator import BackgroundServer, SimConfig, create_app
+from qbq.testing.faults import KINDS, policy, run_matrix, run_one, table
 
 
 def test_every_fault_kind_ends_graded_or_failed_with_a_reason() -> None:

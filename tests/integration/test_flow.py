@@ -27,19 +27,23 @@ def test_flow_grades_every_student_on_the_right_marks_and_delivers_once(
 ) -> None:
     request = write_sample(tmp_path / "sample", students=10, pages=2, questions=3, seed=3)
 
-    summary = grade_assessment(request_path=str(request))
+    result = grade_assessment(request_path=str(request))
 
-    assert summary["status"] == "success"
-    assert summary["graded"] == 10 and summary["failed"] == 0
-    assert summary["batches"] == 4  # 10 students, at most 3 per batch
-    assert summary["simulated"] is True
+    summary = result.summary
+    assert result.status == "success"
+    assert summary.graded == 10 and summary.failed == 0
+    assert summary.batches == 4  # 10 students, at most 3 per batch
+    assert summary.simulated is True
     stats = sim_stats()
     assert stats["requests"] == 4 and stats["by_status"] == {"200": 4}
-    assert summary["prompt_tokens"] == stats["prompt_tokens"]
+    assert summary.prompt_tokens == stats["prompt_tokens"]
+    assert summary.completion_tokens == stats["completion_tokens"]
+    assert result.delivery is not None and result.delivery.delivered == 1
     got = received(receiver)
     assert len(got["payloads"]) == 1
     payload = got["payloads"][0]["payload"]
-    assert payload["process_id"] == summary["process_id"]
+    assert payload["process_id"] == result.process_id
+    assert payload == json.loads(result.payloads.outgoing.model_dump_json())
     assert _marks(payload) == truth_of(request)
     assert [s["ref"] for s in payload["students"]] == [f"S{i:03d}" for i in range(1, 11)]
     assert all(len(s["image_ids"]) == 2 for s in payload["students"])
@@ -58,8 +62,8 @@ def test_second_run_makes_no_model_call_and_delivers_nothing_new(
 
     assert calls_after_first == 3
     assert sim_stats()["requests"] == calls_after_first
-    assert second["process_id"] == first["process_id"]
-    assert second["status"] == "success" and second["graded"] == 7
+    assert second.process_id == first.process_id
+    assert second.status == "success" and second.summary.graded == 7
     got = received(receiver)
     assert len(got["payloads"]) == 1 and got["duplicates"] == 0
 
@@ -74,9 +78,9 @@ def test_inline_request_parameter(
             page["path"] = str(path.parent / page["path"])
     body["model_answer_pages"] = []
 
-    summary = grade_assessment(request=NativeRequest.model_validate(body))
+    result = grade_assessment(request=NativeRequest.model_validate(body))
 
-    assert summary["status"] == "success" and summary["graded"] == 2
+    assert result.status == "success" and result.summary.graded == 2
     assert _marks(received(receiver)["payloads"][0]["payload"]) == truth_of(path)
 
 
@@ -87,9 +91,9 @@ def test_legacy_request_in_legacy_payload_out(
     legacy = write_legacy_sample(root, base_url=base_url, students=4, pages=2, questions=3, seed=6)
     truth = truth_of(root / "request.json")
 
-    summary = grade_assessment(request_path=str(legacy))
+    result = grade_assessment(request_path=str(legacy))
 
-    assert summary["status"] == "success" and summary["graded"] == 4
+    assert result.status == "success" and result.summary.graded == 4
     payload = received(receiver)["payloads"][0]["payload"]
     body = json.loads(legacy.read_text())
     assert payload["assessment_id"] == body["external_assessment_id"]
@@ -122,8 +126,8 @@ def test_coverage_below_and_above_the_threshold(
     finally:
         httpx.post(f"{simulator.url}/_sim/config", json={"fault_script": []}, timeout=10)
 
-    assert strict["status"] == "failed"
-    assert strict["graded"] == 3 and strict["failed"] == 3
+    assert strict.status == "failed"
+    assert strict.summary.graded == 3 and strict.summary.failed == 3
     payload = received(receiver)["payloads"][0]["payload"]
     assert payload["status"] == "failed"
     failed = {f["ref"]: f for f in payload["failures"]}
@@ -141,7 +145,7 @@ def test_coverage_below_and_above_the_threshold(
         relaxed = grade_assessment(request_path=str(lenient))
     finally:
         httpx.post(f"{simulator.url}/_sim/config", json={"fault_script": []}, timeout=10)
-    assert relaxed["status"] == "success" and relaxed["graded"] == 3
+    assert relaxed.status == "success" and relaxed.summary.graded == 3
     second = received(receiver)["payloads"][1]["payload"]
     assert second["status"] == "success" and len(second["failures"]) == 3
 
@@ -160,10 +164,11 @@ def test_results_api_down_then_up_gets_the_payload_once(
     request = write_sample(tmp_path / "sample", students=4, pages=1, questions=2, seed=10)
     httpx.post(f"{receiver.url}/_control", json={"refuse_next": 1000}, timeout=10)
 
-    summary = grade_assessment(request_path=str(request))
+    result = grade_assessment(request_path=str(request))
 
-    assert summary["status"] == "success" and summary["delivered"] == 0
-    assert "503" in (summary["delivery_error"] or "")
+    assert result.status == "success"
+    assert result.delivery is not None and result.delivery.delivered == 0
+    assert "503" in (result.delivery.last_error or "")
     assert received(receiver)["payloads"] == []
     with pytest.raises(Exception, match="not delivered"):
         deliver_results()  # still down: the scheduled drain fails loudly, the row stays
@@ -176,3 +181,70 @@ def test_results_api_down_then_up_gets_the_payload_once(
     assert len(got["payloads"]) == 1 and got["duplicates"] == 0
     assert got["refused"] >= 2
     assert _marks(got["payloads"][0]["payload"]) == truth_of(request)
+
+
+def test_a_run_that_raised_mid_way_leaves_fresh_guards_to_the_next_run(
+    tmp_path: Path, grading_env: str, receiver: BackgroundServer, sim_stats: Any,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flow raises after grading (finalize fails); the next run in this process gets new
+    resources — a fresh retry budget and a closed breaker — and the first run's are closed."""
+    from qbq import pipeline
+    from qbq.resources import RunResources
+
+    built: list[RunResources] = []
+    real_build = RunResources.build
+
+    def spy(ref: Any) -> RunResources:
+        built.append(real_build(ref))
+        return built[-1]
+
+    monkeypatch.setattr(RunResources, "build", staticmethod(spy))
+    real_finalize = pipeline.finalize
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        built[0].guards.budget.spend(1)  # the first run had spent some budget...
+        built[0].guards.breaker.record_failure()  # ...and seen the provider fail
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(pipeline, "finalize", broken)
+    request = write_sample(tmp_path / "sample", students=4, pages=1, questions=2, seed=11)
+    with pytest.raises(RuntimeError, match="store went away"):
+        grade_assessment(request_path=str(request))
+    monkeypatch.setattr(pipeline, "finalize", real_finalize)
+
+    result = grade_assessment(request_path=str(request))
+
+    assert result.status == "success"
+    assert len(built) == 2 and built[1] is not built[0]
+    assert built[0].http.is_closed  # released although the flow raised
+    assert built[1].guards.budget.retries == 0 and built[1].guards.breaker.failures == 0
+    assert built[1].ref.token != built[0].ref.token
+
+
+def test_a_request_prepared_by_the_caller_is_not_prepared_again(
+    tmp_path: Path, grading_env: str, receiver: BackgroundServer, sim_stats: Any,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`qbq grade` validates, measures and plans before Prefect starts and hands the result
+    over; the flow run uses it instead of reading and measuring every page again."""
+    import tasks.grading
+    from qbq.preparation import handing_over, prepare
+    from qbq.settings import GradingPolicy, get_settings
+
+    request = write_sample(tmp_path / "sample", students=4, pages=1, questions=2, seed=12)
+    settings, policy = get_settings(), GradingPolicy()
+    prepared = prepare(request, settings=settings, policy=policy)
+
+    def again(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("prepared twice")
+
+    monkeypatch.setattr(tasks.grading, "prepare", again)
+    with handing_over(request, prepared, settings=settings, policy=policy):
+        result = grade_assessment(request_path=str(request))
+    assert result.status == "success" and result.process_id == prepared.plan.process_id
+
+    other = write_sample(tmp_path / "other", students=2, pages=1, questions=2, seed=13)
+    with handing_over(request, prepared, settings=settings, policy=policy), \
+            pytest.raises(AssertionError, match="prepared twice"):
+        grade_assessment(request_path=str(other))  # another file is prepared by the flow

@@ -23,7 +23,10 @@ from flows.grade_assessment import grade_assessment
 from qbq.cli_reports import register
 from qbq.images import TRUTH_KEY, read_truth
 from qbq.observability.logs import JsonLinesFormatter, configure_logging
+from qbq.pipeline import RunResult
+from qbq.resources import open_store
 from qbq.sample import write_sample
+from qbq.settings import get_settings
 from qbq.simulator import BackgroundServer
 from qbq.store import Store, queries
 from tests.integration.conftest import received
@@ -110,7 +113,11 @@ def _planted_feedback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @flow(name="publish-run-artifacts")
 def publish_flow(process_id: str) -> None:
-    publish_run_artifacts(process_id)
+    store = open_store(get_settings())
+    try:
+        publish_run_artifacts(process_id, store)
+    finally:
+        store.dispose()
 
 
 def _api_texts(flow_run_id: Any, process_id: str) -> tuple[list[str], list[Any]]:
@@ -162,8 +169,8 @@ def test_no_names_feedback_urls_keys_or_image_bytes_leak(
     request = _plant(root, base_url)
 
     state = grade_assessment(request_path=str(request), return_state=True)
-    summary: dict[str, Any] = state.result()
-    process_id = summary["process_id"]
+    result: RunResult = state.result()
+    process_id = result.process_id
     publish_flow(process_id)
 
     # the plant took: names and personal feedback reached the results payload, one student failed
@@ -173,10 +180,10 @@ def test_no_names_feedback_urls_keys_or_image_bytes_leak(
     feedback = [a["feedback"] for s in payload["students"] for a in s["answers"]]
     assert feedback and all(FEEDBACK_MARK in f for f in feedback)
     assert [f["ref"] for f in payload["failures"]] == [FAILING]
-    assert summary["failed"] == 1
+    assert result.summary.failed == 1
 
     # everything a person or a pipeline could read
-    texts: list[str] = [json.dumps(summary)]
+    texts: list[str] = [result.summary.model_dump_json()]
     formatter = JsonLinesFormatter()
     for record in caplog.records:
         texts += [record.getMessage(), formatter.format(record), str(record.exc_text),

@@ -23,7 +23,10 @@ from qbq.cli_reports import register
 from qbq.observability import lifecycle
 from qbq.observability.metrics import percentile
 from qbq.observability.reports import PANELS_KEY, marks_frame
+from qbq.pipeline import RunResult
+from qbq.resources import open_store
 from qbq.sample import truth_of, write_sample
+from qbq.settings import get_settings
 from qbq.simulator import BackgroundServer
 from qbq.store import Store, queries
 from qbq.store import repository as repo
@@ -52,14 +55,20 @@ def max_marks_of(request: Path) -> dict[str, float]:
 
 @flow(name="publish-run-artifacts")
 def publish_flow(process_id: str, max_marks: dict[str, float]) -> None:
-    publish_run_artifacts(process_id, max_marks=max_marks)
+    store = open_store(get_settings())
+    try:
+        publish_run_artifacts(process_id, store, max_marks=max_marks)
+    finally:
+        store.dispose()
 
 
 def grade(request: Path) -> tuple[dict[str, Any], UUID]:
     """Run the flow, then publish its artifacts as the flow's last step does (in a flow run of
     its own while that hook is not in the flow); return (summary, flow run id)."""
     state = grade_assessment(request_path=str(request), return_state=True)
-    summary: dict[str, Any] = state.result()
+    result: RunResult = state.result()
+    summary = {"process_id": result.process_id, "status": result.status,
+               **result.summary.model_dump()}
     flow_run_id = state.state_details.flow_run_id
     assert flow_run_id is not None
     publish_flow(summary["process_id"], max_marks_of(request))
@@ -180,7 +189,7 @@ def test_report_matches_the_simulator_exports_match_the_payload_and_purge_keeps_
     assert sum(r["tokens_in"] for r in table_rows) == stats["prompt_tokens"]
     assert set(table_rows[0]) == {"batch", "status", "students", "graded", "attempts",
                                   "model_replies", "tokens_in", "tokens_out", "cached_tokens",
-                                  "latency_ms", "error_type"}
+                                  "reasoning_tokens", "latency_ms", "error_type"}
     markdown = str(by_type["markdown"].data)
     for text in ("coverage | 100.0%", "students needing review | 0", "p50", "p95",
                  "HTTP 429 (rate limited) | 0", "retries | 0", "SIMULATED"):
@@ -236,7 +245,7 @@ def _flag_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sim_app, "grade", unsure)
 
 
-def test_review_lists_low_confidence_blank_and_unreadable_answers(
+def test_review_payload_and_metrics_agree_on_what_needs_a_person(
     tmp_path: Path, grading_env: str, receiver: BackgroundServer, sim_stats: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -247,22 +256,23 @@ def test_review_lists_low_confidence_blank_and_unreadable_answers(
     run = cli()
 
     queue = json.loads(run("review", pid, "--json").stdout)
+    # one rule (qbq.review): low confidence and unreadable need a person; a blank answer does not
     assert [(r["ref"], r["question_number"], r["reason"]) for r in queue] == [
-        ("S002", "1", "low confidence"), ("S003", "2", "blank"), ("S005", "3", "unreadable")]
+        ("S002", "1", "low confidence"), ("S005", "3", "unreadable")]
     assert all("feedback" not in r for r in queue)
     text = run("review", pid).stdout
     assert "S002" in text and "[simulated]" not in text
 
     payload = received(receiver)["payloads"][0]["payload"]
+    flagged = sorted(s["ref"] for s in payload["students"] if s["needs_review"])
+    assert flagged == sorted({r["ref"] for r in queue}) == ["S002", "S005"]
     feedback = {(s["ref"], a["question_number"]): a["feedback"]
                 for s in payload["students"] for a in s["answers"]}
     shown = json.loads(run("review", pid, "--json", "--show-feedback").stdout)
-    assert [r["feedback"] for r in shown] == [feedback[("S002", "1")], feedback[("S003", "2")],
-                                             feedback[("S005", "3")]]
+    assert [r["feedback"] for r in shown] == [feedback[("S002", "1")], feedback[("S005", "3")]]
 
     metrics = json.loads(run("report", pid, "--json").stdout)
-    assert metrics["students_needs_review"] == 2  # low confidence and unreadable, as reduce says
-    assert metrics["students_needs_review"] == summary["needs_review"]
+    assert metrics["students_needs_review"] == 2 == summary["needs_review"] == len(flagged)
     chart = tmp_path / "chart.png"
     run("report", pid, "--chart", str(chart))
     with Image.open(chart) as image:

@@ -46,11 +46,12 @@ from qbq.store import (
     record_batch_success,
     set_process_status,
 )
+from qbq.usage import Usage
 from tests.support import PgServer, require_pg
 
 REPO = Path(__file__).resolve().parents[2]
 OWNER = new_owner_id()
-HEAD = "0002"  # the newest migration
+HEAD = "0003"  # the newest migration (a new migration must update this on purpose)
 
 
 def claim_batch(s: Any, key: str, owner: str = OWNER, lease_s: float = 600.0) -> BatchClaim:
@@ -147,10 +148,8 @@ def _succeed(store: Store, key: str, *, result: dict[str, object], raw: str | No
             s,
             key,
             result=result,
-            prompt_tokens=100,
-            cached_tokens=20,
-            completion_tokens=30,
-            latency_ms=12.5,
+            usage=Usage(replies=1, prompt_tokens=100, cached_tokens=20, completion_tokens=30,
+                        reasoning_tokens=7, latency_ms=12.5),
             attempts=1,
             raw_response=raw,
         )
@@ -368,8 +367,11 @@ def test_claim_and_success(store: Store) -> None:
         batch = get_batches(s, ["k0"])["k0"]
         assert batch.status == "succeeded"
         assert batch.result == {"grades": [1]}
-        assert (batch.prompt_tokens, batch.cached_tokens, batch.completion_tokens) == (100, 20, 30)
+        assert (batch.prompt_tokens, batch.cached_tokens, batch.completion_tokens,
+                batch.reasoning_tokens) == (100, 20, 30, 7)
         assert (batch.latency_ms, batch.attempts, batch.raw_response) == (12.5, 1, "raw-0")
+        assert batch.usage == Usage(replies=0, prompt_tokens=100, cached_tokens=20,
+                                    completion_tokens=30, reasoning_tokens=7, latency_ms=12.5)
         assert claim_batch(s, "k0") == "done"
 
 

@@ -15,6 +15,7 @@ from qbq.payload import LegacyPayload, NativePayload
 from qbq.planning import BatchPlan, PlannedBatch, plan_batches
 from qbq.reduce import StoredBatch, reduce_results, to_legacy
 from qbq.settings import GradingPolicy
+from qbq.usage import Usage
 
 QUESTIONS = (Question("1", 2.0), Question("2b", 5.0), Question("10", 3.0))
 
@@ -62,8 +63,9 @@ def succeeded(batch: PlannedBatch, *, simulated: bool = False,
     return StoredBatch(status="succeeded",
                        result={"students": students, "failures": {}, "simulated": simulated,
                                "model_calls": 1},
-                       error_type=None, error_detail=None, model_calls=1,
-                       prompt_tokens=tokens, cached_tokens=tokens // 4, completion_tokens=200)
+                       error_type=None, error_detail=None,
+                       usage=Usage(replies=1, prompt_tokens=tokens, cached_tokens=tokens // 4,
+                                   completion_tokens=200))
 
 
 def failed(batch: PlannedBatch, *, reason: str = "the model refused: no",
@@ -80,8 +82,8 @@ def failed(batch: PlannedBatch, *, reason: str = "the model refused: no",
             "simulated": False,
             "model_calls": 3,
         },
-        error_type=error_type, error_detail=reason, model_calls=3,
-        prompt_tokens=3000, cached_tokens=0, completion_tokens=100,
+        error_type=error_type, error_detail=reason,
+        usage=Usage(replies=3, prompt_tokens=3000, completion_tokens=100),
     )
 
 
@@ -209,7 +211,7 @@ def test_unfinished_batch_is_not_graded(status: str) -> None:
     request = make_request(2)
     plan = make_plan(request)
     [batch] = plan.batches
-    stored = {batch.idempotency_key: StoredBatch(status, None, None, None, 0, 0, 0, 0)}
+    stored = {batch.idempotency_key: StoredBatch(status, None, None, None)}
     payload = reduce(request, plan, stored)
     assert [f.error_type for f in payload.failures] == ["NotGraded", "NotGraded"]
     assert payload.status == "failed"
@@ -220,7 +222,7 @@ def test_failed_batch_without_per_student_result_uses_the_batch_error() -> None:
     plan = make_plan(request)
     [batch] = plan.batches
     stored = {batch.idempotency_key: StoredBatch("failed", None, "ProviderUnavailableError",
-                                                 "HTTP 503 after 4 attempts", 4, 0, 0, 0)}
+                                                 "HTTP 503 after 4 attempts", Usage(replies=4))}
     payload = reduce(request, plan, stored)
     assert [(f.ref, f.reason, f.error_type) for f in payload.failures] == [
         ("S001", "HTTP 503 after 4 attempts", "ProviderUnavailableError"),
@@ -292,7 +294,7 @@ def test_every_student_is_graded_or_failed_exactly_once(n: int, per_batch: int,
             stored[b.idempotency_key] = failed(b, keep=keep)
             expect_graded |= keep
         elif outcome == "running":
-            stored[b.idempotency_key] = StoredBatch("running", None, None, None, 0, 0, 0, 0)
+            stored[b.idempotency_key] = StoredBatch("running", None, None, None)
     min_coverage = data.draw(st.sampled_from([0.0, 0.5, 0.9, 1.0]))
     payload = reduce(request, plan, stored, GradingPolicy(min_coverage=min_coverage))
 

@@ -24,6 +24,7 @@ def _ts(name: str, *, nullable: bool = False) -> sa.Column[object]:
 
 
 def upgrade() -> None:
+    # Every table of the first schema, in one migration (a migration must not change later).
     meta = op.create_table(
         "store_meta",
         sa.Column("id", sa.Integer(), nullable=False),

@@ -1,100 +1,56 @@
-"""Each recovery path of `grade_batch`, with a scripted fake provider and a real SQLite store."""
+"""Each recovery path of `grade_batch`, with a scripted provider and an in-memory store."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from qbq import pipeline
+from qbq.domain import Student
 from qbq.errors import (
-    ProviderError,
+    ImageError,
     ProviderRequestError,
     ProviderUnavailableError,
     RateLimitedError,
+    RefusalError,
+    ResponseShapeError,
+    RetryBudgetExhaustedError,
+    TruncatedResponseError,
 )
-from qbq.grading import GradingDeps, grade_batch
+from qbq.grading import Fail, GroupState, MoreRoom, Reask, Retry, Rules, Split, decide, grade_batch
 from qbq.limiter import Limits, MemoryBackend, RateLimiter
 from qbq.preparation import Prepared, prepare
-from qbq.provider import ChatReply
-from qbq.recovery import BatchSizeHint, CircuitBreaker, RetryBudget, RunGuards
+from qbq.provider import ChatReply, ChatRequest
 from qbq.sample import write_sample
 from qbq.settings import GradingPolicy, QbqSettings
 from qbq.store import Store, list_attempt_errors
-
-Behaviour = Callable[[list[str], list[dict[str, Any]]], ChatReply | ProviderError]
-
-
-def reply(content: str | None, *, finish: str = "stop", refusal: str | None = None) -> ChatReply:
-    return ChatReply(content=content, refusal=refusal, finish_reason=finish, prompt_tokens=100,
-                     cached_tokens=0, completion_tokens=50, latency_ms=5.0, simulated=True)
-
-
-def answers(refs: list[str], qnums: list[str], mark: float = 1.0) -> dict[str, Any]:
-    return {"students": [{"ref": r, "name": None, "answers": [
-        {"question_number": q, "mark": mark, "feedback": "ok", "confidence": "high",
-         "status": "answered"} for q in qnums]} for r in refs]}
+from qbq.testing.fakes import (
+    FakeClock,
+    ScriptedProvider,
+    answers,
+    fake_run,
+    memory_store,
+    reply,
+    request_refs,
+)
 
 
-class FakeProvider:
-    """Plays `script` one behaviour per call, then answers validly."""
-
-    def __init__(self, qnums: list[str], script: list[Behaviour] | None = None) -> None:
-        self.qnums = qnums
-        self.script = list(script or [])
-        self.calls: list[tuple[list[str], list[dict[str, Any]]]] = []
-        self.max_tokens: list[tuple[list[str], int]] = []
-
-    def complete(self, *, model: str, messages: list[dict[str, Any]],
-                 response_format: dict[str, Any], max_completion_tokens: int) -> ChatReply:
-        schema = response_format["json_schema"]["schema"]
-        refs = schema["properties"]["students"]["items"]["properties"]["ref"]["enum"]
-        self.calls.append((refs, messages))
-        self.max_tokens.append((refs, max_completion_tokens))
-        if self.script:
-            outcome = self.script.pop(0)(refs, messages)
-            if isinstance(outcome, ProviderError):
-                raise outcome
-            return outcome
-        return reply(json.dumps(answers(refs, self.qnums)))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    request = write_sample(tmp_path_factory.mktemp("s"), students=6, pages=1, questions=2, seed=1)
+    return prepare(request, settings=QbqSettings(), policy=GradingPolicy())
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[Prepared, Store]:
-    request = write_sample(tmp_path / "s", students=6, pages=1, questions=2, seed=1)
-    settings = QbqSettings(database_url=f"sqlite:///{tmp_path / 'q.db'}")
-    prepared = prepare(request, settings=settings, policy=GradingPolicy())
-    store = Store(settings.database_url)
-    store.migrate()
-    pipeline.register(store, prepared, settings)
+def setup(prepared: Prepared) -> tuple[Prepared, Store]:
+    store = memory_store()
+    pipeline.register(store, prepared, QbqSettings(database_url="sqlite://"))
     return prepared, store
-
-
-def make_deps(store: Store, provider: FakeProvider, clock: Clock, *, policy: GradingPolicy | None = None,
-              budget: int = 50, threshold: int = 5, give_up: float = 300.0,
-              limiter: RateLimiter | None = None) -> GradingDeps:
-    policy = policy or GradingPolicy(backoff_base_s=1.0)
-    breaker = CircuitBreaker(threshold=threshold, cooldown_s=10, give_up_after_s=give_up,
-                             on_open=limiter.cool_down if limiter else None,
-                             clock=lambda: clock.now, sleep=clock.sleep)
-    guards = RunGuards(breaker, RetryBudget(max_retries=budget, max_tokens=10**9), BatchSizeHint())
-    return GradingDeps(provider=provider, store=store, policy=policy, guards=guards,
-                       limiter=limiter, sleep=clock.sleep, rng=random.Random(0))
 
 
 def qnums(prepared: Prepared) -> list[str]:
@@ -112,10 +68,10 @@ def test_transient_errors_are_retried_with_backoff(setup: tuple[Prepared, Store]
     prepared, store = setup
     batch = prepared.plan.batches[0]
     fail = ProviderUnavailableError("provider error 503", status_code=503)
-    provider = FakeProvider(qnums(prepared), [lambda r, m: fail, lambda r, m: fail])
-    clock = Clock()
+    provider = ScriptedProvider(qnums(prepared), [lambda r, m: fail, lambda r, m: fail])
+    clock = FakeClock()
 
-    outcome = grade_batch(batch, prepared.request, make_deps(store, provider, clock))
+    outcome = grade_batch(batch, prepared.request, fake_run(store, provider, clock).deps)
 
     assert outcome.status == "succeeded" and outcome.n_graded == len(batch.students)
     assert len(provider.calls) == 3
@@ -128,13 +84,13 @@ def test_transient_errors_are_retried_with_backoff(setup: tuple[Prepared, Store]
 
 def test_a_429_pauses_every_sender_for_retry_after(setup: tuple[Prepared, Store]) -> None:
     prepared, store = setup
-    clock = Clock()
+    clock = FakeClock()
     limiter = RateLimiter(MemoryBackend(), Limits(rpm=10_000, tpm=10**9), "k", sleep=clock.sleep)
-    provider = FakeProvider(qnums(prepared), [
+    provider = ScriptedProvider(qnums(prepared), [
         lambda r, m: RateLimitedError("rate limited", retry_after=7.5)])
 
     outcome = grade_batch(prepared.plan.batches[0], prepared.request,
-                          make_deps(store, provider, clock, limiter=limiter))
+                          fake_run(store, provider, clock, limiter=limiter).deps)
 
     assert outcome.status == "succeeded"
     # the retry waited in the shared limiter, ~7.5 s (wall clock), not in a private backoff
@@ -144,11 +100,11 @@ def test_a_429_pauses_every_sender_for_retry_after(setup: tuple[Prepared, Store]
 
 def test_request_errors_are_not_retried(setup: tuple[Prepared, Store]) -> None:
     prepared, store = setup
-    provider = FakeProvider(qnums(prepared), [
+    provider = ScriptedProvider(qnums(prepared), [
         lambda r, m: ProviderRequestError("request refused (400): bad image", status_code=400)])
 
     outcome = grade_batch(prepared.plan.batches[0], prepared.request,
-                          make_deps(store, provider, Clock()))
+                          fake_run(store, provider, FakeClock()).deps)
 
     assert outcome.status == "failed" and outcome.n_graded == 0
     assert len(provider.calls) == 1
@@ -159,14 +115,14 @@ def test_request_errors_are_not_retried(setup: tuple[Prepared, Store]) -> None:
 
 def test_invalid_json_is_asked_again_with_the_errors(setup: tuple[Prepared, Store]) -> None:
     prepared, store = setup
-    provider = FakeProvider(qnums(prepared), [lambda r, m: reply("Sure! Here are the marks.")])
+    provider = ScriptedProvider(qnums(prepared), [lambda r, m: reply("Sure! Here are the marks.")])
 
     outcome = grade_batch(prepared.plan.batches[0], prepared.request,
-                          make_deps(store, provider, Clock()))
+                          fake_run(store, provider, FakeClock()).deps)
 
     assert outcome.status == "succeeded"
     assert len(provider.calls) == 2
-    correction = provider.calls[1][1][-1]
+    correction = provider.calls[1].messages[-1]
     assert correction["role"] == "user" and "rejected" in correction["content"]
 
 
@@ -176,15 +132,15 @@ def test_persistent_rule_break_fails_only_the_offending_student(
     q = qnums(prepared)
     top = prepared.request.max_marks[q[0]]
 
-    def over_max(refs: list[str], _m: list[dict[str, Any]]) -> ChatReply:
+    def over_max(refs: list[str], _m: ChatRequest) -> ChatReply:
         body = answers(refs, q)
         if refs[0] == "S001":
             body["students"][0]["answers"][0]["mark"] = top + 5
         return reply(json.dumps(body))
 
-    provider = FakeProvider(q, [over_max] * 10)
+    provider = ScriptedProvider(q, [over_max] * 10)
     batch = prepared.plan.batches[0]
-    outcome = grade_batch(batch, prepared.request, make_deps(store, provider, Clock()))
+    outcome = grade_batch(batch, prepared.request, fake_run(store, provider, FakeClock()).deps)
 
     assert outcome.status == "failed"
     assert outcome.n_graded == len(batch.students) - 1
@@ -192,39 +148,39 @@ def test_persistent_rule_break_fails_only_the_offending_student(
     assert set(result["failures"]) == {"S001"}
     assert "outside 0.." in result["failures"]["S001"]["reason"]
     # re-asks only concerned the student still missing
-    assert [refs for refs, _ in provider.calls[1:]] == [["S001"], ["S001"]]
+    assert provider.refs_per_call[1:] == [["S001"], ["S001"]]
 
 
 def test_truncation_splits_until_every_student_is_graded(setup: tuple[Prepared, Store]) -> None:
     prepared, store = setup
     q = qnums(prepared)
 
-    def truncate_if_big(refs: list[str], _m: list[dict[str, Any]]) -> ChatReply:
+    def truncate_if_big(refs: list[str], _m: ChatRequest) -> ChatReply:
         if len(refs) > 2:
             return reply(json.dumps(answers(refs, q))[:40], finish="length")
         return reply(json.dumps(answers(refs, q)))
 
-    provider = FakeProvider(q, [truncate_if_big] * 20)
-    deps = make_deps(store, provider, Clock())
+    provider = ScriptedProvider(q, [truncate_if_big] * 20)
+    deps = fake_run(store, provider, FakeClock()).deps
     batch = prepared.plan.batches[0]
     assert len(batch.students) == 6
 
     outcome = grade_batch(batch, prepared.request, deps)
 
     assert outcome.status == "succeeded" and outcome.n_graded == 6
-    assert deps.guards.size_hint.get() == 2
+    assert deps.size_hint.get() == 2
     # 6 truncated → 3 truncated → 2 + 1; the remembered size 2 pre-splits the other 3 into 2 + 1
-    assert [len(refs) for refs, _ in provider.calls] == [6, 3, 2, 1, 2, 1]
+    assert [len(refs) for refs in provider.refs_per_call] == [6, 3, 2, 1, 2, 1]
 
 
 def test_a_single_student_cut_off_gets_more_room_then_fails_with_a_reason(
         setup: tuple[Prepared, Store]) -> None:
     prepared, store = setup
     q = qnums(prepared)
-    provider = FakeProvider(q, [lambda r, m: reply('{"students": [', finish="length")] * 200)
+    provider = ScriptedProvider(q, [lambda r, m: reply('{"students": [', finish="length")] * 200)
 
     outcome = grade_batch(prepared.plan.batches[0], prepared.request,
-                          make_deps(store, provider, Clock()))
+                          fake_run(store, provider, FakeClock()).deps)
 
     result = stored(store, outcome.idempotency_key).result
     assert outcome.status == "failed" and outcome.n_graded == 0
@@ -232,18 +188,18 @@ def test_a_single_student_cut_off_gets_more_room_then_fails_with_a_reason(
     assert all("model's 32,768 output tokens" in f["reason"]
                for f in result["failures"].values())
     # a single student is retried with max_completion_tokens doubling up to the model's max
-    first = [m for refs, m in provider.max_tokens if refs == ["S001"]]
+    first = [r.max_completion_tokens for r in provider.calls if request_refs(r) == ["S001"]]
     assert first[-1] == 32_768
     assert all(b == min(32_768, 2 * a) for a, b in itertools.pairwise(first))
 
 
 def test_refusal_marks_students_for_review(setup: tuple[Prepared, Store]) -> None:
     prepared, store = setup
-    provider = FakeProvider(qnums(prepared), [
+    provider = ScriptedProvider(qnums(prepared), [
         lambda r, m: reply(None, refusal="I can't help with that.")])
 
     outcome = grade_batch(prepared.plan.batches[0], prepared.request,
-                          make_deps(store, provider, Clock()))
+                          fake_run(store, provider, FakeClock()).deps)
 
     failures = stored(store, outcome.idempotency_key).result["failures"]
     assert all(f["needs_review"] and "refused" in f["reason"] for f in failures.values())
@@ -252,18 +208,18 @@ def test_refusal_marks_students_for_review(setup: tuple[Prepared, Store]) -> Non
 
 def test_breaker_opens_pauses_everyone_and_gives_up(setup: tuple[Prepared, Store]) -> None:
     prepared, store = setup
-    clock = Clock()
+    clock = FakeClock()
     limiter = RateLimiter(MemoryBackend(), Limits(rpm=10_000, tpm=10**9), "k", sleep=clock.sleep)
     down = ProviderUnavailableError("provider error 503", status_code=503)
-    provider = FakeProvider(qnums(prepared), [lambda r, m: down] * 100)
+    provider = ScriptedProvider(qnums(prepared), [lambda r, m: down] * 100)
     policy = GradingPolicy(max_attempts=100, backoff_base_s=0.1, backoff_max_s=0.1)
-    deps = make_deps(store, provider, clock, policy=policy, threshold=3, give_up=60.0,
-                     limiter=limiter)
+    run = fake_run(store, provider, clock, policy=policy, breaker_threshold=3,
+                   give_up_after_s=60.0, limiter=limiter)
 
-    outcome = grade_batch(prepared.plan.batches[0], prepared.request, deps)
+    outcome = grade_batch(prepared.plan.batches[0], prepared.request, run.deps)
 
     assert outcome.status == "failed" and outcome.error_type == "ProviderDownError"
-    assert deps.guards.breaker.opened_count >= 2
+    assert run.guards.breaker.opened_count >= 2
     # it stopped calling once the outage outlasted 60 s: cool-downs of 10, 20, 40 s
     assert len(provider.calls) < 10
     result = stored(store, outcome.idempotency_key).result
@@ -272,27 +228,88 @@ def test_breaker_opens_pauses_everyone_and_gives_up(setup: tuple[Prepared, Store
 
 def test_breaker_closes_after_a_successful_probe(setup: tuple[Prepared, Store]) -> None:
     prepared, store = setup
-    clock = Clock()
+    clock = FakeClock()
     down = ProviderUnavailableError("provider error 502", status_code=502)
-    provider = FakeProvider(qnums(prepared), [lambda r, m: down] * 3)
+    provider = ScriptedProvider(qnums(prepared), [lambda r, m: down] * 3)
     policy = GradingPolicy(max_attempts=10, backoff_base_s=0.1, backoff_max_s=0.1)
-    deps = make_deps(store, provider, clock, policy=policy, threshold=3)
+    run = fake_run(store, provider, clock, policy=policy, breaker_threshold=3)
 
-    outcome = grade_batch(prepared.plan.batches[0], prepared.request, deps)
+    outcome = grade_batch(prepared.plan.batches[0], prepared.request, run.deps)
 
     assert outcome.status == "succeeded"
-    assert deps.guards.breaker.opened_count == 1 and deps.guards.breaker.state == "closed"
+    assert run.guards.breaker.opened_count == 1 and run.guards.breaker.state == "closed"
     assert sum(clock.slept) >= 10.0  # the senders sat out the 10 s cool-down
 
 
 def test_retry_budget_caps_spend(setup: tuple[Prepared, Store]) -> None:
     prepared, store = setup
     fail = ProviderUnavailableError("provider error 500", status_code=500)
-    provider = FakeProvider(qnums(prepared), [lambda r, m: fail] * 10)
+    provider = ScriptedProvider(qnums(prepared), [lambda r, m: fail] * 10)
     policy = GradingPolicy(max_attempts=10, backoff_base_s=0.01)
 
     outcome = grade_batch(prepared.plan.batches[0], prepared.request,
-                          make_deps(store, provider, Clock(), policy=policy, budget=2))
+                          fake_run(store, provider, FakeClock(), policy=policy,
+                                           max_retries=2).deps)
 
     assert outcome.status == "failed" and outcome.error_type == "RetryBudgetExhaustedError"
     assert len(provider.calls) == 3  # the first try and two retries
+
+
+def test_each_failing_student_gets_only_its_own_reason(tmp_path: Path) -> None:
+    # S1 is a prefix of S10: reasons used to be matched by substring and got mixed up
+    request = write_sample(tmp_path / "s", students=3, pages=1, questions=2, seed=3)
+    body = json.loads(request.read_text())
+    for student, ref in zip(body["students"], ["S1", "S10", "S2"], strict=True):
+        student["ref"] = ref
+    request.write_text(json.dumps(body))
+    settings = QbqSettings(database_url="sqlite://")
+    prepared = prepare(request, settings=settings, policy=GradingPolicy())
+    store = memory_store()
+    pipeline.register(store, prepared, settings)
+    q = qnums(prepared)
+    top = prepared.request.max_marks[q[0]]
+
+    def broken(refs: list[str], _r: ChatRequest) -> ChatReply:
+        body = answers(refs, q)
+        for student in body["students"]:
+            if student["ref"] == "S1":
+                student["answers"][0]["mark"] = top + 1
+            if student["ref"] == "S10":
+                student["answers"] = student["answers"][:1]
+        return reply(json.dumps(body))
+
+    provider = ScriptedProvider(q, [broken] * 5)
+    outcome = grade_batch(prepared.plan.batches[0], prepared.request,
+                          fake_run(store, provider, FakeClock()).deps)
+
+    failures = stored(store, outcome.idempotency_key).result["failures"]
+    assert set(failures) == {"S1", "S10"} and outcome.n_graded == 1
+    assert failures["S1"]["reason"] == f"S1: question {q[0]} mark {top + 1} outside 0..{top}"
+    assert failures["S10"]["reason"] == f"S10: question {q[1]} answered 0 times"
+
+
+def test_the_decision_table_reads_as_documented() -> None:
+    policy = GradingPolicy(max_attempts=3, reasks=1, backoff_base_s=1.0, backoff_max_s=8.0)
+    rules = Rules(policy, max_output_tokens=1000, rng=random.Random(0))
+    one, two = [Student("A", ())], [Student("A", ()), Student("B", ())]
+
+    def state(pending: list[Student], **kw: Any) -> GroupState:
+        return GroupState(pending, kw.pop("max_completion_tokens", 400), **kw)
+
+    assert decide(RetryBudgetExhaustedError("spent"), state(two), rules) == Fail()
+    retry = decide(ProviderUnavailableError("503"), state(two, provider_failures=1), rules)
+    assert isinstance(retry, Retry) and 0.0 <= retry.delay_s <= 2.0
+    assert decide(RateLimitedError("429"), state(two), rules) == Retry(0.0)
+    assert decide(ProviderUnavailableError("503"), state(two, provider_failures=2), rules) == Fail()
+    assert decide(ProviderRequestError("400", status_code=400), state(two), rules) == Fail()
+    assert decide(TruncatedResponseError("cut"), state(two), rules) == Split()
+    assert decide(TruncatedResponseError("cut"), state(one), rules) == MoreRoom(800)
+    cut = decide(TruncatedResponseError("cut"), state(one, max_completion_tokens=1000), rules)
+    assert isinstance(cut, Fail) and "1,000 output tokens" in (cut.reason or "")
+    refused = decide(RefusalError("no"), state(two), rules)
+    assert isinstance(refused, Fail) and refused.needs_review
+    reask = decide(ResponseShapeError("not JSON"), state(two), rules)
+    assert isinstance(reask, Reask) and "not JSON" in reask.correction
+    assert decide(ResponseShapeError("not JSON"), state(two, reasks=1), rules) == Fail()
+    with pytest.raises(ImageError):  # not a grading fault: it propagates
+        decide(ImageError("page gone"), state(two), rules)

@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from qbq.prompts import student_refs
+
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 __all__ = ["batch_refs", "buffer_body", "free_port", "pg_database", "prefect_server"]
@@ -106,9 +108,8 @@ async def buffer_body(receive: Receive) -> tuple[bytes, Receive]:
 
 
 def batch_refs(body: bytes) -> tuple[str, ...]:
-    """The student refs a chat-completions request grades (its schema's ref enum)."""
+    """The student refs a chat-completions request body grades (from its student labels)."""
     try:
-        schema = json.loads(body)["response_format"]["json_schema"]["schema"]
-        return tuple(schema["properties"]["students"]["items"]["properties"]["ref"]["enum"])
+        return tuple(student_refs(json.loads(body)["messages"]))
     except (KeyError, TypeError, ValueError):
         return ()

@@ -1,0 +1,98 @@
+"""The provider adapter's error table (HTTP status and SDK exceptions → qbq errors), its request
+body, and the switch that keeps the test suite away from real models."""
+
+from __future__ import annotations
+
+import httpx2
+import openai
+import pytest
+
+from qbq.errors import (
+    ConfigurationError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderRequestError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitedError,
+)
+from qbq.provider import ChatRequest, make_openai_client, translate_error
+
+URL = "http://127.0.0.1:9/v1/chat/completions"
+
+
+def status_error(code: int, headers: dict[str, str] | None = None) -> openai.APIStatusError:
+    request = httpx2.Request("POST", URL)
+    response = httpx2.Response(code, headers=headers or {}, request=request)
+    body = {"error": {"message": f"the provider says {code}", "type": "x", "code": None}}
+    return openai.APIStatusError(f"Error code: {code}", response=response, body=body)
+
+
+# status → (qbq error, transient); the choice for 408, 409 and x-should-retry follows the SDK's
+# own retry rule (openai._base_client.BaseClient._should_retry)
+TABLE: list[tuple[int, dict[str, str], type[ProviderError], bool]] = [
+    (400, {}, ProviderRequestError, False),
+    (401, {}, ProviderRequestError, False),
+    (403, {}, ProviderRequestError, False),
+    (404, {}, ProviderRequestError, False),
+    (408, {}, ProviderTimeoutError, True),
+    (409, {}, ProviderUnavailableError, True),
+    (422, {}, ProviderRequestError, False),
+    (429, {}, RateLimitedError, True),
+    (500, {}, ProviderUnavailableError, True),
+    (502, {}, ProviderUnavailableError, True),
+    (503, {}, ProviderUnavailableError, True),
+    (400, {"x-should-retry": "true"}, ProviderRequestError, True),
+    (503, {"x-should-retry": "false"}, ProviderUnavailableError, False),
+    (429, {"x-should-retry": "false"}, RateLimitedError, False),
+]
+
+
+@pytest.mark.parametrize(("code", "headers", "kind", "transient"), TABLE,
+                         ids=[f"{c}{'-' + next(iter(h.values())) if h else ''}"
+                              for c, h, _, _ in TABLE])
+def test_status_codes_map_to_one_error_each(code: int, headers: dict[str, str],
+                                            kind: type[ProviderError], transient: bool) -> None:
+    error = translate_error(status_error(code, headers))
+    assert type(error) is kind
+    assert error.transient is transient
+    assert str(code) in error.message and f"the provider says {code}" in error.message
+
+
+def test_retry_after_headers_are_read_in_seconds() -> None:
+    assert translate_error(status_error(429, {"retry-after": "7"})).retry_after == 7.0  # type: ignore[attr-defined]
+    assert translate_error(status_error(429, {"retry-after-ms": "250"})).retry_after == 0.25  # type: ignore[attr-defined]
+    assert translate_error(status_error(429)).retry_after is None  # type: ignore[attr-defined]
+
+
+def test_timeouts_and_dropped_connections() -> None:
+    request = httpx2.Request("POST", URL)
+    assert type(translate_error(openai.APITimeoutError(request=request))) is ProviderTimeoutError
+    dropped = translate_error(openai.APIConnectionError(request=request))
+    assert type(dropped) is ProviderConnectionError and dropped.transient
+
+
+def test_the_body_carries_only_what_is_set() -> None:
+    request = ChatRequest(model="gpt-5-mini", messages=[], response_format={"type": "text"},
+                          max_completion_tokens=500, planned_prompt_tokens=1200, retry=True)
+    assert request.body() == {"model": "gpt-5-mini", "messages": [],
+                              "response_format": {"type": "text"}, "max_completion_tokens": 500}
+    assert request.reserved_tokens == 1700
+    full = ChatRequest(model="m", messages=[], response_format={}, max_completion_tokens=1,
+                       reasoning_effort="low", prompt_cache_key="k", service_tier="flex")
+    assert {k: full.body()[k] for k in ("reasoning_effort", "prompt_cache_key", "service_tier")} \
+        == {"reasoning_effort": "low", "prompt_cache_key": "k", "service_tier": "flex"}
+
+
+def test_loopback_only_refuses_a_real_provider() -> None:
+    with pytest.raises(ConfigurationError, match="QBQ_LOOPBACK_ONLY"):
+        make_openai_client(api_key="sk-x", base_url="https://api.openai.com/v1",
+                           loopback_only=True)
+    make_openai_client(api_key="sk-x", base_url="http://127.0.0.1:9/v1", loopback_only=True).close()
+    make_openai_client(api_key="sk-x", base_url="http://localhost:9/v1", loopback_only=True).close()
+
+
+def test_the_suite_runs_with_loopback_only_on() -> None:
+    from qbq.settings import get_settings
+
+    assert get_settings().loopback_only is True
