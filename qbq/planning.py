@@ -342,27 +342,36 @@ def _limits(request: GradingRequest, policy: GradingPolicy,
 class _SchemaTally:
     """What the batch's response schema uses of OpenAI's limits, kept as students are added.
 
-    Each student's share is measured on the real schema (the schema with only that ref minus
-    the schema with none), so the tally follows whatever the schema pins. The >250-value enum
-    rule is checked against all enum characters, an upper bound on any one enum's.
+    A student's share is measured on the real schema: the schema pinning one probe ref minus
+    the schema pinning none, plus, per character of the ref, the difference a one-character
+    longer probe makes. That is exact for any schema in which a ref enters as enum or const
+    values (pinned today) or not at all (identical across batches), and costs three schema
+    builds per plan instead of one per student. The >250-value enum rule is checked against
+    all enum characters, an upper bound on any one enum's.
     """
 
     def __init__(self, question_numbers: list[str]) -> None:
-        self._questions = question_numbers
         self.base = schema_counts(response_schema([], question_numbers))
+        one = schema_counts(response_schema(["r"], question_numbers))
+        two = schema_counts(response_schema(["rr"], question_numbers))
+        self._per_char = (two.enum_chars - one.enum_chars,
+                          two.name_and_enum_chars - one.name_and_enum_chars)
+        b = self.base
+        self._fixed = SchemaCounts(
+            one.object_properties - b.object_properties, max(one.nesting_depth, b.nesting_depth),
+            one.enum_values - b.enum_values,
+            one.enum_chars - b.enum_chars - self._per_char[0], 0,
+            one.name_and_enum_chars - b.name_and_enum_chars - self._per_char[1])
         self.reset()
 
     def reset(self) -> None:
         self.counts = self.base
 
     def share(self, ref: str) -> SchemaCounts:
-        one = schema_counts(response_schema([ref], self._questions))
-        b = self.base
-        return SchemaCounts(
-            one.object_properties - b.object_properties,
-            max(one.nesting_depth, b.nesting_depth),
-            one.enum_values - b.enum_values, one.enum_chars - b.enum_chars, 0,
-            one.name_and_enum_chars - b.name_and_enum_chars)
+        f, (enum_char, name_char) = self._fixed, self._per_char
+        return SchemaCounts(f.object_properties, f.nesting_depth, f.enum_values,
+                            f.enum_chars + enum_char * len(ref), 0,
+                            f.name_and_enum_chars + name_char * len(ref))
 
     def with_share(self, share: SchemaCounts) -> SchemaCounts:
         c = self.counts

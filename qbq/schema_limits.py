@@ -73,10 +73,11 @@ def schema_counts(schema: Mapping[str, Any],
                   limits: SchemaLimits = OPENAI_SCHEMA_LIMITS) -> SchemaCounts:
     """Count what `schema` (a JSON-schema dict) uses of OpenAI's Structured Outputs limits.
 
-    Pure and generic: it walks `properties`, `items`, `anyOf`/`oneOf`/`allOf`, `$defs` and
-    `definitions`, so it applies to whatever the schema pins (refs and question numbers in
-    enums today, nothing per batch once the schema is identical across batches). Arrays and
-    objects each count as a nesting level, the stricter reading of "levels of nesting".
+    Pure and generic over JSON-decoded dicts and lists: it walks `properties`, `items`,
+    `anyOf`/`oneOf`/`allOf`, `$defs` and `definitions`, so it applies to whatever the schema
+    pins (refs and question numbers in enums today, nothing per batch once the schema is
+    identical across batches). Arrays and objects each count as a nesting level, the stricter
+    reading of "levels of nesting".
     """
     properties = enums = enum_total_chars = large_enum = chars = 0
     deepest = 0
@@ -88,11 +89,11 @@ def schema_counts(schema: Mapping[str, Any],
         level = depth if nests else depth - 1
         deepest = max(deepest, level)
         props = node.get("properties")
-        if isinstance(props, Mapping):
+        if isinstance(props, dict):
             properties += len(props)
             chars += sum(len(name) for name in props)
             stack.extend((child, level + 1) for child in props.values()
-                         if isinstance(child, Mapping))
+                         if isinstance(child, dict))
         values = node.get("enum")
         if isinstance(values, list):
             enums += len(values)
@@ -104,19 +105,19 @@ def schema_counts(schema: Mapping[str, Any],
         if "const" in node:
             chars += _chars(node["const"])
         items = node.get("items")
-        if isinstance(items, Mapping):
+        if isinstance(items, dict):
             stack.append((items, level + 1))
         for key in ("anyOf", "oneOf", "allOf"):
             options = node.get(key)
             if isinstance(options, list):
                 # Alternatives sit at the same level as the node that holds them.
                 stack.extend((o, level + 1 if nests else depth) for o in options
-                             if isinstance(o, Mapping))
+                             if isinstance(o, dict))
         for key in ("$defs", "definitions"):
             defs = node.get(key)
-            if isinstance(defs, Mapping):
+            if isinstance(defs, dict):
                 chars += sum(len(name) for name in defs)
-                stack.extend((d, 1) for d in defs.values() if isinstance(d, Mapping))
+                stack.extend((d, 1) for d in defs.values() if isinstance(d, dict))
     return SchemaCounts(properties, deepest, enums, enum_total_chars, large_enum, chars)
 
 

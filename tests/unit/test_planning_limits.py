@@ -286,3 +286,21 @@ def test_request_parsing_refuses_refs_over_the_documented_maximum() -> None:
     parse_request(body("x" * MAX_REF_LENGTH))
     with pytest.raises(RequestValidationError, match=r"students\[0\]\.ref"):
         parse_request(body("x" * (MAX_REF_LENGTH + 1)))
+
+
+@FAST
+@given(refs=st.lists(st.text(min_size=1, max_size=MAX_REF_LENGTH), max_size=30, unique=True),
+       questions=st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=6, unique=True))
+def test_the_planners_schema_tally_equals_the_real_schemas_counts(refs: list[str],
+                                                                  questions: list[str]) -> None:
+    from qbq.planning import _SchemaTally
+
+    tally = _SchemaTally(questions)
+    for ref in refs:
+        tally.counts = tally.with_share(tally.share(ref))
+    real = schema_counts(response_schema(refs, questions))
+    assert (tally.counts.object_properties, tally.counts.enum_values, tally.counts.enum_chars,
+            tally.counts.name_and_enum_chars) == (real.object_properties, real.enum_values,
+                                                  real.enum_chars, real.name_and_enum_chars)
+    assert tally.counts.nesting_depth == real.nesting_depth
+    assert tally.counts.large_enum_chars >= real.large_enum_chars
