@@ -180,7 +180,9 @@ def test_every_batch_within_limits(request: GradingRequest, policy: GradingPolic
     spec = request.spec
     assert plan.token_budget == math.floor(spec.context_window * (1 - policy.context_margin))
     n_model_answers = len(request.model_answer_pages)
+    assert plan.input_budget <= math.floor(spec.input_limit * (1 - policy.context_margin))
     for b in plan.batches:
+        assert b.prompt_tokens <= plan.input_budget
         assert b.prompt_tokens + b.max_completion_tokens <= plan.token_budget
         assert b.max_completion_tokens <= spec.max_output_tokens
         assert b.max_completion_tokens >= b.expected_output_tokens * policy.output_headroom
