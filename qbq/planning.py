@@ -249,7 +249,8 @@ class BatchPlan:
 
 def _with_floor(max_out: int, allowance: ReasoningAllowance, room: int) -> int:
     """Raise max_out to the reasoning floor as far as `room` allows (never lowers it)."""
-    if allowance.min_completion_tokens > max_out and allowance.expected(1) > 0:
+    # min_completion_tokens is 0 unless the model reasons at this effort.
+    if allowance.min_completion_tokens > max_out:
         return max(max_out, min(allowance.min_completion_tokens, room))
     return max_out
 

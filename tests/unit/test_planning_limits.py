@@ -304,3 +304,11 @@ def test_the_planners_schema_tally_equals_the_real_schemas_counts(refs: list[str
                                                   real.enum_chars, real.name_and_enum_chars)
     assert tally.counts.nesting_depth == real.nesting_depth
     assert tally.counts.large_enum_chars >= real.large_enum_chars
+
+
+def test_an_observed_zero_keeps_the_floor_but_reserves_no_reasoning() -> None:
+    request = exam(3)
+    plan = plan_batches(request, GradingPolicy(), observed_reasoning_per_student=0)
+    b = plan.batches[0]
+    assert b.expected_reasoning_tokens == 0
+    assert b.max_completion_tokens == 25_000
