@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from qbq.cli_models import register as register_models
 from qbq.cli_reports import register as register_reports
 from qbq.errors import InputError, PlanningError, QbqError
 from qbq.payload import NativePayload
@@ -34,6 +35,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Grade scanned student answers question by question with an OpenAI "
                        "vision model, as a Prefect flow.")
 register_reports(app)
+register_models(app)
 console = Console()
 err = Console(stderr=True)
 

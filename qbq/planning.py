@@ -1,8 +1,11 @@
 """`plan_batches`: split a request into the largest batches that fit the model's limits (pure).
 
 A batch's prompt is the stable prefix (system, questions, model answers, schema) plus each of
-its students' label and pages; its completion budget is the expected output times a headroom.
-Students keep their request order and are never split across batches.
+its students' label and pages; it must fit the model's input limit. Its completion budget is
+the expected visible output times a headroom plus, for reasoning models, a reasoning allowance
+per effort; prompt + completion must fit the context window. The response schema must stay
+within OpenAI's Structured Outputs limits. Students keep their request order and are never
+split across batches.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from qbq.catalog import Mode, ModelSpec
 from qbq.domain import GradingRequest, Page, Student
 from qbq.errors import PlanningError
 from qbq.prompts import (
@@ -21,23 +25,121 @@ from qbq.prompts import (
     PromptQuestion,
     build_messages,
     response_format,
+    response_schema,
     student_label,
 )
+from qbq.schema_limits import SchemaCounts, schema_counts, schema_problems
 from qbq.settings import GradingPolicy
 from qbq.tokens import chat_prompt_tokens, image_tokens, text_tokens
 
-__all__ = ["BatchPlan", "PlannedBatch", "batch_key", "plan_batches", "prompt_questions"]
+__all__ = [
+    "BatchPlan",
+    "CompletionModel",
+    "PlannedBatch",
+    "ReasoningAllowance",
+    "batch_key",
+    "plan_batches",
+    "prompt_questions",
+    "reasoning_allowance",
+]
 
 #: Completion tokens of the reply envelope `{"students":[...]}` around the students.
 _REPLY_ENVELOPE_TOKENS = 8
 #: JSON punctuation and field names around one image part or text part in the request body.
 _PART_OVERHEAD_BYTES = 64
+#: Prompt caching discounts identical prefixes of at least this many tokens.
+_CACHE_MIN_TOKENS = 1024
 _DETAIL: Detail = "high"
+_EFFORT_SETTING = "QBQ_REASONING_EFFORT"
+
+
+@dataclass(frozen=True)
+class ReasoningAllowance:
+    """Reasoning tokens a request is expected to spend, and how many to reserve for them.
+
+    `expected(n)` = per_request + n × per_student tokens (0 when the model does not reason at
+    this effort); `allowance(n)` = expected × headroom, the part of max_completion_tokens kept
+    for reasoning. `min_completion_tokens` is OpenAI's advice to reserve at least 25,000 tokens
+    for reasoning and outputs (https://developers.openai.com/api/docs/guides/reasoning,
+    "Allocating space for reasoning"), applied where the window allows.
+    """
+
+    effort: str | None
+    per_request: int = 0
+    per_student: float = 0.0
+    headroom: float = 1.0
+    min_completion_tokens: int = 0
+    #: True when per_student comes from what a run observed rather than from the settings.
+    observed: bool = False
+
+    def expected(self, n_students: int) -> int:
+        """Expected reasoning tokens of a request with `n_students` students."""
+        return math.ceil(self.per_request + n_students * self.per_student)
+
+    def allowance(self, n_students: int) -> int:
+        """Reasoning tokens to reserve in max_completion_tokens for `n_students` students."""
+        return math.ceil(self.expected(n_students) * self.headroom)
+
+
+def reasoning_allowance(spec: ModelSpec, policy: GradingPolicy, effort: str | None, *,
+                        observed_reasoning_per_student: float | None = None
+                        ) -> ReasoningAllowance:
+    """The reasoning allowance for `spec` at `effort` (already validated, None: no reasoning).
+
+    `observed_reasoning_per_student` (reasoning tokens a run has seen per student graded so
+    far: reported `completion_tokens_details.reasoning_tokens` / students) replaces the
+    settings' per-student and per-request figures, so later batches of a run are sized from
+    what the model really spent. Pure.
+    """
+    if not spec.reasoning or effort is None or effort == "none":
+        return ReasoningAllowance(effort)
+    floor = policy.reasoning_min_completion_tokens
+    if observed_reasoning_per_student is not None:
+        if observed_reasoning_per_student < 0:
+            raise ValueError("observed reasoning tokens per student must not be negative")
+        return ReasoningAllowance(effort, 0, observed_reasoning_per_student,
+                                  policy.reasoning_headroom, floor, observed=True)
+    per_student = policy.reasoning_tokens_per_student.get(effort)
+    per_request = policy.reasoning_tokens_per_request.get(effort, 0)
+    if per_student is None:
+        # An effort the settings do not price: reserve as for the most expensive one known.
+        per_student = max(policy.reasoning_tokens_per_student.values(), default=0)
+        per_request = max(policy.reasoning_tokens_per_request.values(), default=0)
+    return ReasoningAllowance(effort, per_request, float(per_student), policy.reasoning_headroom,
+                              floor)
+
+
+@dataclass(frozen=True)
+class CompletionModel:
+    """How many completion tokens a batch of n students is expected to need, and may use.
+
+    Visible output: envelope + n × visible_per_student tokens, times output_headroom for the
+    cap; reasoning: see `ReasoningAllowance`. Completion tokens include reasoning tokens, as
+    OpenAI counts them in `max_completion_tokens` and bills them as output.
+    """
+
+    visible_per_student: int
+    output_headroom: float
+    reasoning: ReasoningAllowance
+    envelope_tokens: int = _REPLY_ENVELOPE_TOKENS
+
+    def expected_visible(self, n_students: int) -> int:
+        return self.envelope_tokens + n_students * self.visible_per_student
+
+    def max_completion(self, n_students: int) -> int:
+        """max_completion_tokens for n students, before the soft reasoning floor."""
+        visible = math.ceil(self.expected_visible(n_students) * self.output_headroom)
+        return visible + self.reasoning.allowance(n_students)
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedBatch:
-    """One model request's worth of students, with its token and size estimates."""
+    """One model request's worth of students, with its token and size estimates.
+
+    Token figures are tokens: `prompt_tokens` (estimated, never below the real count),
+    `expected_output_tokens` (visible JSON), `expected_reasoning_tokens` (hidden, billed as
+    output) and `max_completion_tokens` (the cap to send, reasoning included).
+    """
 
     index: int
     idempotency_key: str
@@ -49,6 +151,7 @@ class PlannedBatch:
     n_bytes: int
     prefix_tokens: int = 0
     student_tokens: tuple[int, ...] = ()
+    expected_reasoning_tokens: int = 0
 
     @property
     def refs(self) -> list[str]:
@@ -64,7 +167,14 @@ class PlannedBatch:
 
 @dataclass(frozen=True)
 class BatchPlan:
-    """The batches of one request and the limits they were planned against."""
+    """The batches of one request and the limits they were planned against.
+
+    `token_budget`: most prompt + completion tokens per request (context window less the
+    margin, and at most the key's TPM); `input_budget`: most prompt tokens per request (the
+    model's input limit less the margin, and under the long-context threshold when avoided);
+    `reasoning_effort`: what grading sends as `reasoning_effort` (None: send none);
+    `cost_per_m`: sync input / cached input / output USD per 1M tokens.
+    """
 
     process_id: str
     model: str
@@ -72,6 +182,10 @@ class BatchPlan:
     prefix_tokens: int
     token_budget: int
     cost_per_m: tuple[float, float, float]
+    input_budget: int = 0
+    reasoning_effort: str | None = None
+    completion: CompletionModel | None = None
+    spec: ModelSpec | None = None
 
     @property
     def n_students(self) -> int:
@@ -83,15 +197,62 @@ class BatchPlan:
 
     @property
     def expected_output_tokens(self) -> int:
+        """Expected visible completion tokens over all batches."""
         return sum(b.expected_output_tokens for b in self.batches)
 
-    def estimated_cost_usd(self) -> float:
-        """Estimate with the stable prefix cached after the first request (≥1,024 tokens)."""
-        price_in, price_cached, price_out = self.cost_per_m
-        cached = self.prefix_tokens * (len(self.batches) - 1) if self.prefix_tokens >= 1024 else 0
-        uncached = self.prompt_tokens - cached
-        return (uncached * price_in + cached * price_cached
-                + self.expected_output_tokens * price_out) / 1e6
+    @property
+    def expected_reasoning_tokens(self) -> int:
+        """Expected reasoning tokens over all batches (billed as output)."""
+        return sum(b.expected_reasoning_tokens for b in self.batches)
+
+    def estimated_cost_usd(self, mode: Mode = "sync") -> float:
+        """Estimated USD in `mode`, with the stable prefix cached after the first request
+        (when ≥1,024 tokens) and the expected reasoning tokens billed as output."""
+        if self.spec is None:
+            price_in, price_cached, price_out = self.cost_per_m
+            cached = (self.prefix_tokens * (len(self.batches) - 1)
+                      if self.prefix_tokens >= _CACHE_MIN_TOKENS else 0)
+            out = self.expected_output_tokens + self.expected_reasoning_tokens
+            return ((self.prompt_tokens - cached) * price_in + cached * price_cached
+                    + out * price_out) / 1e6
+        total = 0.0
+        for b in self.batches:
+            cached = (self.prefix_tokens
+                      if b.index > 0 and self.prefix_tokens >= _CACHE_MIN_TOKENS else 0)
+            total += self.spec.cost_usd_in_mode(
+                mode, b.prompt_tokens, min(cached, b.prompt_tokens),
+                b.expected_output_tokens + b.expected_reasoning_tokens)
+        return total
+
+    def completion_tokens_for(self, batch: PlannedBatch, *,
+                              observed_reasoning_per_student: float | None = None,
+                              policy: GradingPolicy | None = None) -> int:
+        """max_completion_tokens for `batch`, its reasoning allowance sized from an observed
+        figure (reasoning tokens per student graded so far in this run) when given.
+
+        Stays within the plan's limits: prompt + result ≤ `token_budget`, result ≤ the model's
+        max output, and never below the batch's expected visible output. Pure.
+        """
+        if (observed_reasoning_per_student is None or self.completion is None
+                or self.spec is None):
+            return batch.max_completion_tokens
+        policy = policy or GradingPolicy()
+        allowance = reasoning_allowance(
+            self.spec, policy, self.reasoning_effort,
+            observed_reasoning_per_student=observed_reasoning_per_student)
+        model = replace(self.completion, reasoning=allowance)
+        n = len(batch.students)
+        room = min(self.spec.max_output_tokens, self.token_budget - batch.prompt_tokens)
+        wanted = _with_floor(model.max_completion(n), allowance, room)
+        return max(min(wanted, room), model.expected_visible(n))
+
+
+def _with_floor(max_out: int, allowance: ReasoningAllowance, room: int) -> int:
+    """Raise max_out to the reasoning floor as far as `room` allows (never lowers it)."""
+    # min_completion_tokens is 0 unless the model reasons at this effort.
+    if allowance.min_completion_tokens > max_out:
+        return max(max_out, min(allowance.min_completion_tokens, room))
+    return max_out
 
 
 def prompt_questions(request: GradingRequest) -> list[PromptQuestion]:
@@ -152,27 +313,107 @@ def _page_tokens(request: GradingRequest, page: Page) -> int:
     return image_tokens(request.spec, page.width, page.height, _DETAIL)
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """The numbers every batch is packed against (tokens, images, bytes, students)."""
+
+    token_budget: int
+    input_budget: int
+    max_output: int
+    max_students: int
+    max_images: int
+    max_bytes: int
+
+
+def _limits(request: GradingRequest, policy: GradingPolicy,
+            max_request_tokens: int | None) -> _Limits:
+    spec = request.spec
+    keep = 1.0 - policy.context_margin
+    token_budget = math.floor(spec.context_window * keep)
+    if max_request_tokens is not None:
+        token_budget = min(token_budget, max_request_tokens)
+    input_budget = math.floor(spec.input_limit * keep)
+    if policy.avoid_long_context_pricing and spec.long_context_threshold is not None:
+        input_budget = min(input_budget, math.floor(spec.long_context_threshold * keep))
+    return _Limits(token_budget, min(input_budget, token_budget), spec.max_output_tokens,
+                   policy.max_students_per_batch or len(request.students),
+                   policy.max_images_per_request, policy.max_request_bytes)
+
+
+class _SchemaTally:
+    """What the batch's response schema uses of OpenAI's limits, kept as students are added.
+
+    A student's share is measured on the real schema: the schema pinning one probe ref minus
+    the schema pinning none, plus, per character of the ref, the difference a one-character
+    longer probe makes. That is exact for any schema in which a ref enters as enum or const
+    values (pinned today) or not at all (identical across batches), and costs three schema
+    builds per plan instead of one per student. The >250-value enum rule is checked against
+    all enum characters, an upper bound on any one enum's.
+    """
+
+    def __init__(self, question_numbers: list[str]) -> None:
+        self.base = schema_counts(response_schema([], question_numbers))
+        one = schema_counts(response_schema(["r"], question_numbers))
+        two = schema_counts(response_schema(["rr"], question_numbers))
+        self._per_char = (two.enum_chars - one.enum_chars,
+                          two.name_and_enum_chars - one.name_and_enum_chars)
+        b = self.base
+        self._fixed = SchemaCounts(
+            one.object_properties - b.object_properties, max(one.nesting_depth, b.nesting_depth),
+            one.enum_values - b.enum_values,
+            one.enum_chars - b.enum_chars - self._per_char[0], 0,
+            one.name_and_enum_chars - b.name_and_enum_chars - self._per_char[1])
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts = self.base
+
+    def share(self, ref: str) -> SchemaCounts:
+        f, (enum_char, name_char) = self._fixed, self._per_char
+        return SchemaCounts(f.object_properties, f.nesting_depth, f.enum_values,
+                            f.enum_chars + enum_char * len(ref), 0,
+                            f.name_and_enum_chars + name_char * len(ref))
+
+    def with_share(self, share: SchemaCounts) -> SchemaCounts:
+        c = self.counts
+        values = c.enum_values + share.enum_values
+        chars = c.enum_chars + share.enum_chars
+        return SchemaCounts(
+            c.object_properties + share.object_properties,
+            max(c.nesting_depth, share.nesting_depth), values, chars,
+            chars if values > 250 else 0,
+            c.name_and_enum_chars + share.name_and_enum_chars)
+
+
 def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
-                 max_request_tokens: int | None = None) -> BatchPlan:
+                 max_request_tokens: int | None = None,
+                 reasoning_effort: str | None = None,
+                 observed_reasoning_per_student: float | None = None) -> BatchPlan:
     """Greedy, order-preserving packing of students into the largest batches that fit.
 
-    `max_request_tokens` (the key's tokens-per-minute limit) caps prompt + completion tokens of
-    one request too: a request above it could never be sent.
+    Every batch keeps: prompt ≤ the input budget (the model's max input tokens less
+    `QBQ_CONTEXT_MARGIN`, and under the 272k long-context threshold unless
+    `QBQ_AVOID_LONG_CONTEXT_PRICING=false`); prompt + max_completion_tokens ≤ the context
+    window less the margin and ≤ `max_request_tokens` (the key's tokens-per-minute limit);
+    max_completion_tokens ≤ the model's max output; the image, byte and student caps; and its
+    response schema within OpenAI's Structured Outputs limits (`qbq.schema_limits`).
+
+    `reasoning_effort` (else `QBQ_REASONING_EFFORT`, else the model's default) is validated
+    against the model (ConfigurationError naming the setting) and carried on the plan;
+    `observed_reasoning_per_student` sizes the reasoning allowance from what a run has seen.
     """
     spec = request.spec
-    budget = math.floor(spec.context_window * (1.0 - policy.context_margin))
-    if max_request_tokens is not None:
-        budget = min(budget, max_request_tokens)
+    effort = spec.validate_reasoning_effort(reasoning_effort or policy.reasoning_effort,
+                                            _EFFORT_SETTING)
+    allowance = reasoning_allowance(
+        spec, policy, effort, observed_reasoning_per_student=observed_reasoning_per_student)
+    completion = CompletionModel(
+        policy.output_tokens_per_student + policy.output_tokens_per_answer * len(request.questions),
+        policy.output_headroom, allowance)
+    limits = _limits(request, policy, max_request_tokens)
     prefix_tokens, prefix_bytes = _prefix_tokens(request)
     prefix_images = len(request.model_answer_pages)
-    per_student_out = (
-        policy.output_tokens_per_student + policy.output_tokens_per_answer * len(request.questions)
-    )
-    cap = policy.max_students_per_batch or len(request.students)
-
-    def completion_budget(n: int) -> tuple[int, int]:
-        expected = _REPLY_ENVELOPE_TOKENS + n * per_student_out
-        return expected, math.ceil(expected * policy.output_headroom)
+    schema = _SchemaTally([q.question_number for q in request.questions])
 
     batches: list[PlannedBatch] = []
     current: list[Student] = []
@@ -180,31 +421,37 @@ def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
     tokens, images, n_bytes = prefix_tokens, prefix_images, prefix_bytes
 
     def close() -> None:
-        expected, max_out = completion_budget(len(current))
+        n = len(current)
+        room = min(limits.max_output, limits.token_budget - tokens)
         batches.append(PlannedBatch(
             index=len(batches),
             idempotency_key=batch_key(request, current),
             students=tuple(current),
             prompt_tokens=tokens,
-            expected_output_tokens=expected,
-            max_completion_tokens=max_out,
+            expected_output_tokens=completion.expected_visible(n),
+            max_completion_tokens=_with_floor(completion.max_completion(n), allowance, room),
             n_images=images,
             n_bytes=n_bytes,
             prefix_tokens=prefix_tokens,
             student_tokens=tuple(costs),
+            expected_reasoning_tokens=allowance.expected(n),
         ))
 
     for student in request.students:
         cost = _student_cost(request, student)
+        share = schema.share(student.ref)
         for _ in range(2):  # try the open batch, then a fresh one
             n = len(current) + 1
-            _, max_out = completion_budget(n)
+            max_out = completion.max_completion(n)
+            grown = schema.with_share(share)
             fits = (
-                n <= cap
-                and tokens + cost.prompt_tokens + max_out <= budget
-                and max_out <= spec.max_output_tokens
-                and images + cost.n_images <= policy.max_images_per_request
-                and n_bytes + cost.n_bytes <= policy.max_request_bytes
+                n <= limits.max_students
+                and tokens + cost.prompt_tokens <= limits.input_budget
+                and tokens + cost.prompt_tokens + max_out <= limits.token_budget
+                and max_out <= limits.max_output
+                and images + cost.n_images <= limits.max_images
+                and n_bytes + cost.n_bytes <= limits.max_bytes
+                and not schema_problems(grown)
             )
             if fits:
                 current.append(student)
@@ -212,31 +459,45 @@ def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
                 tokens += cost.prompt_tokens
                 images += cost.n_images
                 n_bytes += cost.n_bytes
+                schema.counts = grown
                 break
             if not current:
-                raise _too_big(request, student, cost, policy, budget, prefix_tokens,
-                               prefix_images, prefix_bytes, completion_budget(1)[1])
+                raise _too_big(request, student, cost, policy, limits, prefix_tokens,
+                               prefix_images, prefix_bytes, completion.max_completion(1),
+                               schema_problems(grown))
             close()
             current, costs = [], []
             tokens, images, n_bytes = prefix_tokens, prefix_images, prefix_bytes
+            schema.reset()
     if current:
         close()
     price = (spec.price_input_per_m, spec.price_cached_input_per_m, spec.price_output_per_m)
-    return BatchPlan(request.process_id(), request.model, tuple(batches), prefix_tokens, budget,
-                     price)
+    return BatchPlan(request.process_id(), request.model, tuple(batches), prefix_tokens,
+                     limits.token_budget, price, input_budget=limits.input_budget,
+                     reasoning_effort=effort, completion=completion, spec=spec)
 
 
 def _too_big(request: GradingRequest, student: Student, cost: _StudentCost,
-             policy: GradingPolicy, budget: int, prefix_tokens: int, prefix_images: int,
-             prefix_bytes: int, max_out: int) -> PlanningError:
+             policy: GradingPolicy, limits: _Limits, prefix_tokens: int, prefix_images: int,
+             prefix_bytes: int, max_out: int, schema: Sequence[str]) -> PlanningError:
     spec = request.spec
     reasons = []
-    need = prefix_tokens + cost.prompt_tokens + max_out
-    if need > budget:
+    prompt = prefix_tokens + cost.prompt_tokens
+    if prompt > limits.input_budget:
+        reasons.append(
+            f"has a {prompt:,}-token prompt ({prefix_tokens:,} shared + {cost.prompt_tokens:,} "
+            f"for its {len(student.pages)} pages) but {request.model} takes at most "
+            f"{limits.input_budget:,} input tokens (max input {spec.input_limit:,} minus "
+            f"{policy.context_margin:.0%} margin"
+            + (", under the long-context price threshold" if policy.avoid_long_context_pricing
+               and spec.long_context_threshold else "") + ")"
+        )
+    need = prompt + max_out
+    if need > limits.token_budget:
         reasons.append(
             f"needs {need:,} tokens ({prefix_tokens:,} shared prompt + {cost.prompt_tokens:,} "
             f"for its {len(student.pages)} pages + {max_out:,} completion) but {request.model} "
-            f"allows {budget:,} (context window {spec.context_window:,} minus "
+            f"allows {limits.token_budget:,} (context window {spec.context_window:,} minus "
             f"{policy.context_margin:.0%} margin, and at most the tokens-per-minute limit)"
         )
     if max_out > spec.max_output_tokens:
@@ -248,5 +509,8 @@ def _too_big(request: GradingRequest, student: Student, cost: _StudentCost,
     if prefix_bytes + cost.n_bytes > policy.max_request_bytes:
         reasons.append(f"makes a {prefix_bytes + cost.n_bytes:,}-byte request, over the cap of "
                        f"{policy.max_request_bytes:,}")
+    if schema:
+        reasons.append("makes a response schema over OpenAI's Structured Outputs limits ("
+                       + "; ".join(schema) + ")")
     return PlanningError(f"student {student.ref!r} cannot fit in one request: "
                          + "; ".join(reasons or ["limits too small"]))

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, model_validator
 
 from qbq.errors import RequestValidationError
+from qbq.schema_limits import MAX_REF_LENGTH
 
 __all__ = [
     "LegacyImage",
@@ -28,6 +29,8 @@ __all__ = [
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=True)
 NonEmpty = Annotated[str, Field(min_length=1)]
+#: A student ref: pinned in the response schema's enum, so bounded (see qbq.schema_limits).
+Ref = Annotated[str, Field(min_length=1, max_length=MAX_REF_LENGTH)]
 
 
 class PageIn(BaseModel):
@@ -72,7 +75,7 @@ class QuestionIn(BaseModel):
 class StudentIn(BaseModel):
     model_config = _STRICT
 
-    ref: NonEmpty
+    ref: Ref
     pages: list[PageIn]
 
 

@@ -7,7 +7,26 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["GradingPolicy", "QbqSettings", "get_settings", "task_threads"]
+__all__ = [
+    "DEFAULT_REASONING_TOKENS_PER_REQUEST",
+    "DEFAULT_REASONING_TOKENS_PER_STUDENT",
+    "GradingPolicy",
+    "QbqSettings",
+    "get_settings",
+    "task_threads",
+]
+
+#: Expected reasoning tokens per student by effort: documented starting points (README,
+#: "Reasoning allowance"), replaced by what a run observes once it has graded a batch.
+DEFAULT_REASONING_TOKENS_PER_STUDENT: dict[str, int] = {
+    "none": 0, "minimal": 64, "low": 256, "medium": 1024, "high": 3072, "xhigh": 6144,
+    "max": 12288,
+}
+#: Expected reasoning tokens per request (reading the rubric and model answers), by effort.
+DEFAULT_REASONING_TOKENS_PER_REQUEST: dict[str, int] = {
+    "none": 0, "minimal": 0, "low": 512, "medium": 1024, "high": 2048, "xhigh": 4096,
+    "max": 8192,
+}
 
 
 class GradingPolicy(BaseSettings):
@@ -77,6 +96,34 @@ class GradingPolicy(BaseSettings):
     )
     reasks: int = Field(
         2, ge=0, description="Re-asks with the validation errors after an invalid reply."
+    )
+    reasoning_effort: str | None = Field(
+        None, description="reasoning_effort sent to reasoning models (none, minimal, low, "
+        "medium, high, xhigh or max, as the model accepts; `qbq models` lists them). None: "
+        "the model's default. Refused for models that do not reason.",
+    )
+    reasoning_tokens_per_student: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_REASONING_TOKENS_PER_STUDENT),
+        description="Expected reasoning tokens per student, by effort (JSON object). Starting "
+        "points until a run has observed its own figure; see README 'Reasoning allowance'.",
+    )
+    reasoning_tokens_per_request: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_REASONING_TOKENS_PER_REQUEST),
+        description="Expected reasoning tokens per request besides the students', by effort.",
+    )
+    reasoning_headroom: float = Field(
+        2.0, ge=1.0, description="max_completion_tokens reserves expected reasoning × this "
+        "(reasoning varies far more than the visible JSON).",
+    )
+    reasoning_min_completion_tokens: int = Field(
+        25_000, ge=0, description="When the model reasons, raise max_completion_tokens to at "
+        "least this where the context window and max output allow (OpenAI's reasoning guide "
+        "recommends reserving at least 25,000 tokens for reasoning and outputs). Unused room "
+        "costs nothing; it is reserved against the rate limit and refunded on settle.",
+    )
+    avoid_long_context_pricing: bool = Field(
+        True, description="Keep each prompt under a model's long-context threshold (272k on "
+        "gpt-5.4/5.5/5.6), above which OpenAI bills the whole request at 2x input, 1.5x output.",
     )
 
 

@@ -218,26 +218,37 @@ def _tile_tokens(formula: ImageFormula, width: int, height: int, detail: Detail)
     return formula.base_tokens + formula.tile_tokens * tiles
 
 
-def _patch_count(width: int, height: int, max_patches: int) -> int:
+def _fit_within(width: int, height: int, max_dimension: int) -> tuple[int, int]:
+    """Shrink (never enlarge) to fit max_dimension on the longer side, in whole pixels."""
+    longest = max(width, height)
+    if longest <= max_dimension:
+        return width, height
+    # Integer arithmetic: the guide rounds the scaled sides down to integer pixels.
+    return max(1, width * max_dimension // longest), max(1, height * max_dimension // longest)
+
+
+def _patch_count(width: int, height: int, max_patches: int, max_dimension: int) -> int:
+    """OpenAI's steps A-C for patch models (vision guide, "Patch-based image tokenization")."""
+    width, height = _fit_within(width, height, max_dimension)
     patches = math.ceil(width / _PATCH_PX) * math.ceil(height / _PATCH_PX)
     if patches <= max_patches:
         return patches
-    # OpenAI's steps: shrink to about max_patches patches of area, then shrink a little more
-    # so the tighter side fills a whole number of patches.
-    r = math.sqrt(_PATCH_PX * _PATCH_PX * max_patches / (width * height))
-    w_patches, h_patches = width * r / _PATCH_PX, height * r / _PATCH_PX
-    r *= min(math.floor(w_patches) / w_patches, math.floor(h_patches) / h_patches)
-    # The tighter side is now an exact whole number in theory but maybe 33.000000000000004 in
-    # floats; without the slack, ceil would count a patch too many.
-    w_patches, h_patches = width * r / _PATCH_PX, height * r / _PATCH_PX
-    patches = math.ceil(w_patches - _EPSILON) * math.ceil(h_patches - _EPSILON)
+    # B: shrink to about max_patches patches of area, then a little more so the tighter side
+    # fills a whole number of patches; keep full precision until the final dimensions.
+    shrink = math.sqrt(_PATCH_PX * _PATCH_PX * max_patches / (width * height))
+    w_patches, h_patches = width * shrink / _PATCH_PX, height * shrink / _PATCH_PX
+    shrink *= min(math.floor(w_patches) / w_patches, math.floor(h_patches) / h_patches)
+    # C: round the scaled sides down to whole pixels, then cover them with patches. Flooring
+    # first makes a float result such as 1055.9999999 for an exact 1056 harmless.
+    resized_w, resized_h = math.floor(width * shrink), math.floor(height * shrink)
+    patches = math.ceil(resized_w / _PATCH_PX) * math.ceil(resized_h / _PATCH_PX)
     return min(patches, max_patches)
 
 
 def _patch_tokens(formula: ImageFormula, width: int, height: int) -> int:
-    patches = _patch_count(width, height, formula.max_patches)
-    # Billing is in whole tokens; rounding up keeps plans on the safe side. The slack stops
-    # e.g. 100 * 1.72 = 172.00000000000003 from becoming 173.
+    patches = _patch_count(width, height, formula.max_patches, formula.max_dimension)
+    # D: multiply and round up. The slack stops e.g. 100 * 1.72 = 172.00000000000003 from
+    # becoming 173.
     return math.ceil(patches * formula.patch_multiplier - _EPSILON)
 
 
@@ -253,8 +264,10 @@ def image_tokens(spec: ModelSpec, width: int, height: int, detail: Detail = "hig
 
     Tile models: detail "low" costs base_tokens; "high" and "auto" cost base_tokens plus
     tile_tokens per 512-px tile after fitting into 2048×2048 and shrinking the short side to
-    768 px. Patch models ignore `detail`: they count 32-px patches (at most max_patches)
-    times the model's multiplier, rounded up.
+    768 px. Patch models are priced at their detail=high sizing whatever `detail` says (the
+    guide notes "low" can cost more than "high" on some of them): fit within max_dimension px,
+    count 32-px patches (at most max_patches), times the model's multiplier, rounded up.
+    Source: https://developers.openai.com/api/docs/guides/images-vision#calculating-costs
     """
     if width <= 0 or height <= 0:
         raise ImageError(f"image size must be positive, got {width}x{height}")

@@ -15,7 +15,8 @@ from qbq.catalog import get_model_spec
 from qbq.domain import GradingRequest, Page, Question, Student
 from qbq.errors import PlanningError
 from qbq.planning import BatchPlan, PlannedBatch, _prefix_tokens, plan_batches, prompt_questions
-from qbq.prompts import StudentPages, build_messages, response_format
+from qbq.prompts import StudentPages, build_messages, response_format, response_schema
+from qbq.schema_limits import schema_counts, schema_problems
 from qbq.settings import GradingPolicy
 from qbq.tokens import chat_prompt_tokens
 
@@ -179,7 +180,9 @@ def test_every_batch_within_limits(request: GradingRequest, policy: GradingPolic
     spec = request.spec
     assert plan.token_budget == math.floor(spec.context_window * (1 - policy.context_margin))
     n_model_answers = len(request.model_answer_pages)
+    assert plan.input_budget <= math.floor(spec.input_limit * (1 - policy.context_margin))
     for b in plan.batches:
+        assert b.prompt_tokens <= plan.input_budget
         assert b.prompt_tokens + b.max_completion_tokens <= plan.token_budget
         assert b.max_completion_tokens <= spec.max_output_tokens
         assert b.max_completion_tokens >= b.expected_output_tokens * policy.output_headroom
@@ -211,15 +214,22 @@ def test_batches_are_maximal(request: GradingRequest, policy: GradingPolicy) -> 
         alone = replan.batches[1]
         n = len(b.students) + 1
         tokens = b.prompt_tokens + alone.prompt_tokens - prefix_tokens
-        max_out = math.ceil(
+        assert plan.completion is not None
+        max_out = plan.completion.max_completion(n)
+        visible = math.ceil(
             (b.expected_output_tokens + per_student_output(request, policy)) * policy.output_headroom
         )
+        assert max_out == visible + plan.completion.reasoning.allowance(n)
         images = b.n_images + len(first.pages)
         n_bytes = b.n_bytes + alone.n_bytes - prefix_bytes
         cap = policy.max_students_per_batch or len(request.students)
+        refs = [*b.refs, first.ref]
+        schema = schema_counts(response_schema(refs, [q.question_number for q in request.questions]))
         assert (
             n > cap
+            or tokens > plan.input_budget
             or tokens + max_out > plan.token_budget
+            or bool(schema_problems(schema))
             or max_out > spec.max_output_tokens
             or images > policy.max_images_per_request
             or n_bytes > policy.max_request_bytes

@@ -246,7 +246,7 @@ def test_tile_formula(model: str, width: int, height: int, detail: Detail, expec
 @pytest.mark.parametrize(
     ("width", "height", "patches"),
     [
-        # OpenAI's published examples.
+        # OpenAI's worked examples for a 1,536-patch budget (vision guide, "Calculating costs").
         (1024, 1024, 1024),
         (1800, 2400, 1452),
         # Small and exact-fit images.
@@ -255,21 +255,44 @@ def test_tile_formula(model: str, width: int, height: int, detail: Detail, expec
         (1024, 1536, 1536),
     ],
 )
-@pytest.mark.parametrize("model", ["gpt-4.1-mini", "gpt-4.1-nano", "o4-mini", "gpt-5-mini"])
+@pytest.mark.parametrize("model", ["gpt-4.1-nano", "o4-mini", "gpt-5-mini", "gpt-5-nano"])
 def test_patch_formula(model: str, width: int, height: int, patches: int) -> None:
     spec = get_model_spec(model)
-    assert tokens._patch_count(width, height, 1536) == patches
+    assert spec.image.max_patches == 1536
+    assert tokens._patch_count(width, height, 1536, 2048) == patches
     expected = math.ceil(round(patches * spec.image.patch_multiplier, 6))
     details: tuple[Detail, ...] = ("low", "high", "auto")
     for detail in details:
-        # Patch models ignore detail.
+        # Patch models are priced at their detail=high sizing.
         assert image_tokens(spec, width, height, detail) == expected
+
+
+@pytest.mark.parametrize("model", ["gpt-5.4", "gpt-5.4-mini", "gpt-5.5", "gpt-5.6-luna"])
+def test_patch_formula_2500_budget_worked_examples(model: str) -> None:
+    """The guide's gpt-5.4 detail=high examples: 2,048-px sides, 2,500 patches, x1.2."""
+    spec = get_model_spec(model)
+    assert image_tokens(spec, 1024, 1024) == 1229  # ceil(1024 × 1.2)
+    assert tokens._patch_count(2048, 2048, 2500, 2048) == 2500  # shrunk to 1600 × 1600
+    assert image_tokens(spec, 2048, 2048) == 3000
+
+
+def test_patch_models_fit_the_longer_side_within_2048_px_first() -> None:
+    # 4000 × 500 covers 125 × 16 = 2,000 patches, under a 6,144 budget, but the image is first
+    # fitted to 2048 × 256: 64 × 8 = 512 patches.
+    assert tokens._patch_count(4000, 500, 6144, 2048) == 512
+    # gpt-4.1-mini's 6,144-patch budget: an A4 scan at 200 dpi (1654 × 2339) is fitted to
+    # 1448 × 2048 = 46 × 64 = 2,944 patches, not shrunk to 1,536.
+    assert tokens._patch_count(1654, 2339, 6144, 2048) == 46 * 64
 
 
 def test_patch_multiplier_values() -> None:
     assert image_tokens(get_model_spec("gpt-4.1-mini"), 1024, 1024) == 1659  # 1024 × 1.62
-    assert image_tokens(get_model_spec("gpt-4.1-mini"), 1800, 2400) == 2353  # 1452 × 1.62
+    # 1800 × 2400 → 1536 × 2048 → 3,072 patches (under 6,144) × 1.62 = 4976.64.
+    assert image_tokens(get_model_spec("gpt-4.1-mini"), 1800, 2400) == 4977
     assert image_tokens(get_model_spec("gpt-4.1-nano"), 1024, 1024) == 2520  # 1024 × 2.46 = 2519.04
+    assert image_tokens(get_model_spec("gpt-4.1-nano"), 1800, 2400) == 3572  # 1452 × 2.46
+    assert image_tokens(get_model_spec("gpt-5-mini"), 1024, 1024) == 1229  # 1024 × 1.2
+    assert image_tokens(get_model_spec("gpt-5-nano"), 1024, 1024) == 1536  # 1024 × 1.5
     # 100 × 1.72 is 172.00000000000003 in floats; it must stay 172.
     assert image_tokens(get_model_spec("o4-mini"), 320, 320) == 172
 
@@ -293,9 +316,10 @@ def test_image_tokens_positive_and_low_at_most_high(model: str, width: int, heig
     assert image_tokens(spec, width, height, "auto") == high
 
 
-@given(width=st.integers(1, 20_000), height=st.integers(1, 20_000))
-def test_patch_count_never_exceeds_the_cap(width: int, height: int) -> None:
-    assert 1 <= tokens._patch_count(width, height, 1536) <= 1536
+@given(width=st.integers(1, 20_000), height=st.integers(1, 20_000),
+       budget=st.sampled_from([1536, 2500, 6144]))
+def test_patch_count_never_exceeds_the_cap(width: int, height: int, budget: int) -> None:
+    assert 1 <= tokens._patch_count(width, height, budget, 2048) <= budget
 
 
 def test_ten_thousand_students_plan_fast() -> None:
