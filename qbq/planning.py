@@ -194,7 +194,7 @@ def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
             student_tokens=tuple(costs),
         ))
 
-    for student in request.students:
+    for student in request.gradable_students:  # students that failed at intake go to reduce
         cost = _student_cost(request, student)
         for _ in range(2):  # try the open batch, then a fresh one
             n = len(current) + 1

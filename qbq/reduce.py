@@ -82,6 +82,7 @@ def reduce_results(request: GradingRequest, plan: BatchPlan, batches: Mapping[st
             failures.append(PayloadFailure(ref=student.ref, reason=reason, error_type=error_type))
             students.append(PayloadStudent(ref=student.ref, image_ids=student.image_ids,
                                            status="failed", needs_review=review, answers=[]))
+    _add_intake_failures(request, students, failures)
     n = len(students)
     n_graded = n - len(failures)
     coverage = n_graded / n if n else 0.0
@@ -112,6 +113,21 @@ def reduce_results(request: GradingRequest, plan: BatchPlan, batches: Mapping[st
     )
     return NativePayload(assessment_id=request.assessment_id, process_id=plan.process_id,
                          status=status, students=students, failures=failures, summary=summary)
+
+
+def _add_intake_failures(request: GradingRequest, students: list[PayloadStudent],
+                         failures: list[PayloadFailure]) -> None:
+    """Students that failed at intake (never planned), put in request order among the rest."""
+    for student in request.students:
+        failure = student.intake_failure
+        if failure is not None:
+            failures.append(PayloadFailure(ref=student.ref, reason=failure.reason,
+                                           error_type=failure.error_type))
+            students.append(PayloadStudent(ref=student.ref, image_ids=student.image_ids,
+                                           status="failed", needs_review=False, answers=[]))
+    order = {s.ref: i for i, s in enumerate(request.students)}
+    students.sort(key=lambda s: order[s.ref])
+    failures.sort(key=lambda f: order[f.ref])
 
 
 def _failure_reason(stored: StoredBatch | None,

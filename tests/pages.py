@@ -1,0 +1,78 @@
+"""Page files for intake tests, made here in every format and defect (nothing read from disk)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from qbq.sample import stamp_truth
+
+
+def page(size: tuple[int, int] = (1240, 1754), *, mode: str = "L",
+         truth: dict[str, Any] | None = None, marker: bool = True) -> Image.Image:
+    """A white page with ruled lines of 'handwriting', a black square at its top-left corner (to
+    tell which way up it is) and, given a truth, the truth QR."""
+    img = Image.new("L", size, 255)
+    draw = ImageDraw.Draw(img)
+    w, h = size
+    if marker:
+        draw.rectangle([0, 0, w // 8, h // 16], fill=0)
+    for y in range(h // 5, h * 3 // 5, max(8, h // 30)):
+        draw.line([(w // 10, y), (w * 7 // 10, y + 3)], fill=40, width=max(1, w // 400))
+    if truth is not None:
+        img = stamp_truth(img, truth)
+    return img.convert(mode) if mode != "L" else img
+
+
+def encode(img: Image.Image, fmt: str, **options: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def png(width: int = 30, height: int = 40, color: int = 0) -> bytes:
+    return encode(Image.new("L", (width, height), color), "PNG")
+
+
+def heic(img: Image.Image, **options: Any) -> bytes:
+    from pillow_heif import from_pillow
+
+    buf = io.BytesIO()
+    from_pillow(img.convert("RGB")).save(buf, format="HEIF", quality=80, **options)
+    return buf.getvalue()
+
+
+def multipage(frames: list[Image.Image], fmt: str, **options: Any) -> bytes:
+    buf = io.BytesIO()
+    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], **options)
+    return buf.getvalue()
+
+
+def pdf(frames: list[Image.Image], dpi: int = 150) -> bytes:
+    """A PDF of scanned pages (JPEG images), as scanners write them."""
+    return multipage([f.convert("RGB") for f in frames], "PDF", resolution=dpi)
+
+
+def exif_rotated(upright: Image.Image, orientation: int, fmt: str = "JPEG") -> bytes:
+    """The photo a phone stores for `upright` with EXIF `orientation` (3, 6 or 8)."""
+    stored = {3: upright.rotate(180), 6: upright.rotate(90, expand=True),
+              8: upright.rotate(-90, expand=True)}[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(stored, fmt, exif=exif)
+
+
+def is_upright(img: Image.Image) -> bool:
+    """The black marker square is at the top-left (and nowhere else in the corners)."""
+    grey = img.convert("L")
+    w, h = grey.size
+
+    def dark(box: tuple[int, int, int, int]) -> bool:
+        region = grey.crop(box)
+        return sum(region.getdata()) / (region.width * region.height) < 80
+
+    corner_w, corner_h = w // 20, h // 40
+    return dark((0, 0, corner_w, corner_h)) and not dark((w - corner_w, 0, w, corner_h)) and \
+        not dark((0, h - corner_h, corner_w, h)) and not dark((w - corner_w, h - corner_h, w, h))
