@@ -71,7 +71,7 @@ def is_upright(img: Image.Image) -> bool:
 
     def dark(box: tuple[int, int, int, int]) -> bool:
         region = grey.crop(box)
-        return sum(region.getdata()) / (region.width * region.height) < 80
+        return sum(region.histogram()[i] * i for i in range(256)) / (region.width * region.height) < 80
 
     corner_w, corner_h = w // 20, h // 40
     return dark((0, 0, corner_w, corner_h)) and not dark((w - corner_w, 0, w, corner_h)) and \

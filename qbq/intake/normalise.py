@@ -44,7 +44,6 @@ PDF_NOMINAL_DPI: Final = 300
 _GREY_SPREAD: Final = 24
 #: ...allowing this share of coloured pixels (scanner fringes around black text).
 _GREY_COLOURED_SHARE: Final = 0.0005
-_WHITE: Final = 255
 # pdfium is not thread-safe (pypdfium2's documentation): one document at a time per process.
 _PDF_LOCK = threading.Lock()
 
@@ -165,7 +164,7 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     if has_alpha:
         grey = mode in ("LA", "La")
         rgba = img.convert("LA" if grey else "RGBA")
-        base = Image.new("L" if grey else "RGB", img.size, _WHITE)
+        base = Image.new("L" if grey else "RGB", img.size, "white")
         base.paste(rgba.convert("L" if grey else "RGB"), mask=rgba.getchannel("A"))
         return base
     return img.convert("RGB")
