@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 from typing import Any
 
 from PIL import Image, ImageDraw
@@ -76,3 +77,20 @@ def is_upright(img: Image.Image) -> bool:
     corner_w, corner_h = w // 20, h // 40
     return dark((0, 0, corner_w, corner_h)) and not dark((w - corner_w, 0, w, corner_h)) and \
         not dark((0, h - corner_h, corner_w, h)) and not dark((w - corner_w, h - corner_h, w, h))
+
+
+def colour_scan(size: tuple[int, int], seed: int = 1) -> Image.Image:
+    """A 300-dpi colour scan: off-white paper with grain, blue handwriting, the truth QR."""
+    rng = random.Random(seed)
+    w, h = size
+    noise = Image.effect_noise((w // 4, h // 4), 18).resize(size, Image.Resampling.BILINEAR)
+    paper = Image.merge("RGB", [noise.point(lambda v: 200 + v // 5)] * 3)
+    draw = ImageDraw.Draw(paper)
+    for y in range(h // 8, h * 7 // 8, h // 40):
+        x = w // 10
+        while x < w * 8 // 10:
+            length = rng.randint(w // 40, w // 12)
+            draw.line([(x, y + rng.randint(-6, 6)), (x + length, y + rng.randint(-6, 6))],
+                      fill=(20, 30, 140), width=5)
+            x += length + rng.randint(w // 80, w // 30)
+    return paper

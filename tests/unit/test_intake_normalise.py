@@ -8,7 +8,6 @@ images of issue 15 (a PNG header claiming 20000×20000, a malformed DDS, a malfo
 from __future__ import annotations
 
 import io
-import random
 import struct
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from qbq.errors import ImageError
 from qbq.intake.normalise import NormalisedImage, normalise_file
 from qbq.simulator.images import read_truth
 from qbq.tokens import image_tokens
-from tests.pages import encode, exif_rotated, heic, is_upright, multipage, page, pdf
+from tests.pages import colour_scan, encode, exif_rotated, heic, is_upright, multipage, page, pdf
 
 PATCH = get_model_spec("gpt-4.1-mini")  # 32-px patches, at most 1,536
 TILE = get_model_spec("gpt-4o")  # 512-px tiles after fitting 2048² and a 768-px short side
@@ -114,25 +113,8 @@ def test_exif_rotated_photo_is_sent_upright(orientation: int) -> None:
     assert read_truth(n.data) == TRUTH
 
 
-def _colour_scan(size: tuple[int, int], seed: int = 1) -> Image.Image:
-    """A 300-dpi colour scan: off-white paper with grain, blue handwriting, the truth QR."""
-    rng = random.Random(seed)
-    w, h = size
-    noise = Image.effect_noise((w // 4, h // 4), 18).resize(size, Image.Resampling.BILINEAR)
-    paper = Image.merge("RGB", [noise.point(lambda v: 200 + v // 5)] * 3)
-    draw = ImageDraw.Draw(paper)
-    for y in range(h // 8, h * 7 // 8, h // 40):
-        x = w // 10
-        while x < w * 8 // 10:
-            length = rng.randint(w // 40, w // 12)
-            draw.line([(x, y + rng.randint(-6, 6)), (x + length, y + rng.randint(-6, 6))],
-                      fill=(20, 30, 140), width=5)
-            x += length + rng.randint(w // 80, w // 30)
-    return paper
-
-
 def test_300_dpi_colour_a4_scan_is_sent_under_1_mb_with_its_tokens_unchanged() -> None:
-    scan = _colour_scan((2480, 3508))
+    scan = colour_scan((2480, 3508))
     data = encode(scan, "PNG")
     assert len(data) > 2_000_000  # a lossless scan, as scanners write them
     for spec in (PATCH, TILE):
@@ -155,7 +137,7 @@ def test_cmyk_jpeg_becomes_rgb_with_its_colours() -> None:
     assert rgb.mode == "RGB"
     r, g, b = rgb.getpixel((40, 150))  # type: ignore[misc]
     assert r > 200 and g < 60 and b < 60
-    assert min(rgb.getpixel((160, 150))) > 230  # type: ignore[type-var, arg-type]
+    assert min(rgb.getpixel((160, 150))) > 230  # type: ignore[arg-type]
 
 
 def test_16_bit_greyscale_is_scaled_not_clipped() -> None:
