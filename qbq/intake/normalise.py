@@ -44,6 +44,9 @@ PDF_NOMINAL_DPI: Final = 300
 _GREY_SPREAD: Final = 24
 #: ...allowing this share of coloured pixels (scanner fringes around black text).
 _GREY_COLOURED_SHARE: Final = 0.0005
+#: Greyscale pages go to PNG as this many grey levels (a step of 17 between them).
+_GREY_LEVELS: Final = 16
+_GREY_STEP: Final = 255 // (_GREY_LEVELS - 1)
 # pdfium is not thread-safe (pypdfium2's documentation): one document at a time per process.
 _PDF_LOCK = threading.Lock()
 
@@ -193,14 +196,27 @@ def _is_grey(img: Image.Image) -> bool:
 
 
 def _encode(img: Image.Image) -> tuple[bytes, str]:
-    """The smaller of JPEG (quality `JPEG_QUALITY`) and PNG; metadata (EXIF, GPS, ICC) dropped."""
-    jpeg = io.BytesIO()
-    img.save(jpeg, format="JPEG", quality=JPEG_QUALITY, optimize=True)
-    png = io.BytesIO()
-    img.save(png, format="PNG", compress_level=6)
-    if png.tell() <= jpeg.tell():
-        return png.getvalue(), "image/png"
-    return jpeg.getvalue(), "image/jpeg"
+    """The smaller of JPEG (quality `JPEG_QUALITY`) and, where it can win, PNG: a greyscale page
+    as 16 grey levels (4-bit; text keeps its black, white and edge shading), a colour image of at
+    most 256 colours losslessly. Metadata (EXIF, GPS, ICC) is never copied."""
+    jpeg = _save(img, "JPEG", quality=JPEG_QUALITY, optimize=True)
+    if img.mode == "L":
+        levels = img.point(lambda v: round(v / _GREY_STEP) * _GREY_STEP)
+        png = _save(levels.convert("P", palette=Image.Palette.ADAPTIVE, colors=_GREY_LEVELS),
+                    "PNG", bits=4)
+    elif img.getcolors(256) is not None:
+        png = _save(img.convert("P", palette=Image.Palette.ADAPTIVE, colors=256), "PNG")
+    else:  # a photo or a colour scan: PNG is many times larger and slow to write
+        return jpeg, "image/jpeg"
+    if len(png) <= len(jpeg):
+        return png, "image/png"
+    return jpeg, "image/jpeg"
+
+
+def _save(img: Image.Image, fmt: str, **options: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **options)
+    return buf.getvalue()
 
 
 # --- PDF ----------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def write(folder: Path, model: str = "gpt-4.1-mini", n: int = 3, scans: bool = F
     students = []
     for i in range(n):
         img = colour_scan((1240, 1754), seed=i) if scans else page((1240, 1754), marker=i % 2 == 0)
-        (folder / f"p{i}.png").write_bytes(encode(img, "PNG"))
+        (folder / f"p{i}.png").write_bytes(encode(img, "PNG", compress_level=1))
         students.append({"ref": f"S{i}", "pages": [{"path": f"p{i}.png", "id": f"p{i}"}]})
     body: dict[str, Any] = {"assessment_id": "x", "model": model, "students": students,
                             "questions": [{"question_number": "1", "max_mark": 1}]}

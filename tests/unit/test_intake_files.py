@@ -96,3 +96,12 @@ def test_files_over_the_byte_cap_are_refused_before_reading(tmp_path: Path) -> N
 def test_nul_in_a_path_is_a_named_error(tmp_path: Path) -> None:
     message = error(request(tmp_path, "pages/a\u0000.png"), QbqSettings())
     assert "students[0].pages[0].path: the path contains a NUL character" in message
+
+
+def test_deployments_confine_page_paths() -> None:
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
+    for deployment in spec["deployments"]:
+        env = deployment["work_pool"]["job_variables"]["env"]
+        assert env["QBQ_PAGE_ROOTS"] == "{{ checkout.stdout }}/intake"
