@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import random
+import struct
+import zlib
 from typing import Any
 
 from PIL import Image, ImageDraw
@@ -94,3 +96,35 @@ def colour_scan(size: tuple[int, int], seed: int = 1) -> Image.Image:
                       fill=(20, 30, 140), width=5)
             x += length + rng.randint(w // 80, w // 30)
     return paper
+
+
+# --- the hostile images of issue 15 ---------------------------------------------------------
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb_header() -> bytes:
+    """68 bytes of PNG that claim 20000×20000 pixels."""
+    data = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+            + _chunk(b"IDAT", zlib.compress(b"\0" * 3)[:11]) + _chunk(b"IEND", b""))
+    assert len(data) == 68
+    return data
+
+
+def malformed_dds() -> bytes:
+    """A DDS header with a DX10 pixel format Pillow's DDS plugin does not implement."""
+    return (b"DDS " + struct.pack("<7I", 124, 0x1007, 16, 16, 0, 0, 0) + b"\0" * 44
+            + struct.pack("<2I", 32, 4) + b"DX10" + b"\0" * 40 + struct.pack("<5I", 999, 3, 0, 1, 0))
+
+
+def malformed_spider() -> bytes:
+    """A SPIDER file whose header says 'image within a stack' without a stack."""
+    buf = io.BytesIO()
+    Image.new("F", (8, 8)).save(buf, format="SPIDER")
+    data = bytearray(buf.getvalue())
+    header = list(struct.unpack("<27f", data[:108]))
+    header[26] = 1.0
+    data[:108] = struct.pack("<27f", *header)
+    return bytes(data)

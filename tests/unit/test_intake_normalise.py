@@ -8,10 +8,8 @@ images of issue 15 (a PNG header claiming 20000×20000, a malformed DDS, a malfo
 from __future__ import annotations
 
 import io
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,19 @@ from qbq.errors import ImageError
 from qbq.intake.normalise import NormalisedImage, normalise_file
 from qbq.simulator.images import read_truth
 from qbq.tokens import image_tokens, view_size
-from tests.pages import colour_scan, encode, exif_rotated, heic, is_upright, multipage, page, pdf
+from tests.pages import (
+    colour_scan,
+    encode,
+    exif_rotated,
+    heic,
+    is_upright,
+    malformed_dds,
+    malformed_spider,
+    multipage,
+    page,
+    pdf,
+    png_bomb_header,
+)
 
 PATCH = get_model_spec("gpt-4.1-mini")  # 32-px patches, at most 1,536
 TILE = get_model_spec("gpt-4o")  # 512-px tiles after fitting 2048² and a 768-px short side
@@ -189,35 +199,6 @@ def test_truth_qr_survives_normalisation_for_both_model_families(spec: object) -
 
 
 # --- defects and hostile files (issue 15) -------------------------------------------------------
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_bomb_header() -> bytes:
-    """68 bytes of PNG that claim 20000×20000 pixels."""
-    data = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
-            + _chunk(b"IDAT", zlib.compress(b"\0" * 3)[:11]) + _chunk(b"IEND", b""))
-    assert len(data) == 68
-    return data
-
-
-def malformed_dds() -> bytes:
-    """A DDS header with a DX10 pixel format Pillow's DDS plugin does not implement."""
-    return (b"DDS " + struct.pack("<7I", 124, 0x1007, 16, 16, 0, 0, 0) + b"\0" * 44
-            + struct.pack("<2I", 32, 4) + b"DX10" + b"\0" * 40 + struct.pack("<5I", 999, 3, 0, 1, 0))
-
-
-def malformed_spider() -> bytes:
-    """A SPIDER file whose header says 'image within a stack' without a stack."""
-    buf = io.BytesIO()
-    Image.new("F", (8, 8)).save(buf, format="SPIDER")
-    data = bytearray(buf.getvalue())
-    header = list(struct.unpack("<27f", data[:108]))
-    header[26] = 1.0
-    data[:108] = struct.pack("<27f", *header)
-    return bytes(data)
 
 
 HOSTILE = {
