@@ -26,7 +26,7 @@ import httpcore
 import httpx
 
 from qbq.errors import PageFetchError, PageUrlRefusedError
-from qbq.intake.ssrf import AddressPolicy, check_url, host_of
+from qbq.intake.ssrf import AddressPolicy, check_url
 from qbq.settings import QbqSettings
 
 __all__ = ["MAX_REDIRECTS", "GuardedBackend", "PageFetcher"]
@@ -210,10 +210,11 @@ class PageFetcher:
                     return self._body(response)
             except PageFetchError:
                 raise
-            except httpx.InvalidURL as exc:
-                raise PageUrlRefusedError("not a valid URL") from exc
-            except (httpx.HTTPError, httpcore.ReadTimeout) as exc:
-                raise PageFetchError(_NO_RESPONSE) from exc
+            # `from None`: httpx's own errors may quote the URL, which must not travel further.
+            except httpx.InvalidURL:
+                raise PageUrlRefusedError("not a valid URL") from None
+            except (httpx.HTTPError, httpcore.ReadTimeout):
+                raise PageFetchError(_NO_RESPONSE) from None
         raise PageFetchError(f"more than {MAX_REDIRECTS} redirects")
 
     def _body(self, response: httpx.Response) -> bytes:
@@ -232,14 +233,11 @@ class PageFetcher:
                 if len(body) > self.max_bytes:
                     raise PageFetchError(f"the page is over the cap of {self.max_bytes:,} bytes "
                                          "(QBQ_MAX_PAGE_BYTES; counted after decoding)", 200)
-        except zlib.error as exc:
-            raise PageFetchError("the page's gzip/deflate encoding is damaged", 200) from exc
-        except (httpx.TimeoutException, httpcore.ReadTimeout) as exc:
+        except zlib.error:
+            raise PageFetchError("the page's gzip/deflate encoding is damaged", 200) from None
+        except (httpx.TimeoutException, httpcore.ReadTimeout):
             raise PageFetchError(f"the download did not finish within {self.deadline_s:g} s "
-                                 "(per-page deadline) or a read timed out", 200) from exc
+                                 "(per-page deadline) or a read timed out", 200) from None
+        except httpx.HTTPError:
+            raise PageFetchError(_NO_RESPONSE, 200) from None
         return bytes(body)
-
-
-def describe_failure(exc: PageFetchError, url: str) -> str:
-    """`exc` in words with the URL's host (never its path or query)."""
-    return f"{exc.message} (host {host_of(url)})"

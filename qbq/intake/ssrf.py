@@ -43,8 +43,8 @@ def check_url(url: str, policy: AddressPolicy) -> SplitResult:
     try:
         parts = urlsplit(url.strip())
         port = parts.port
-    except ValueError as exc:
-        raise PageUrlRefusedError("not a valid URL") from exc
+    except ValueError:
+        raise PageUrlRefusedError("not a valid URL") from None  # its message may quote the URL
     if parts.scheme.lower() not in _SCHEMES:
         scheme = parts.scheme.lower() or "none"
         raise PageUrlRefusedError(f"URL scheme '{scheme[:20]}' is not allowed (http or https only)")
