@@ -25,7 +25,7 @@ from qbq.domain import (
     Question,
     Student,
 )
-from qbq.errors import ImageError, QbqError, RequestValidationError
+from qbq.errors import ConfigurationError, ImageError, QbqError, RequestValidationError
 from qbq.intake.cache import PageCache
 from qbq.intake.class_scan import default_refs, split_problems
 from qbq.intake.files import PageFiles
@@ -86,6 +86,8 @@ def _resolve_all(jobs: Sequence[_PageJob], reader: PageReader,
             return _read(job, reader, pass_urls)
         except StudentPageError as exc:
             return exc
+        except ConfigurationError:
+            raise  # the host's problem (e.g. the page cache), not the page's
         except QbqError as exc:
             return exc
 

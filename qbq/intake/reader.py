@@ -16,7 +16,7 @@ from typing import Final
 
 from qbq.catalog import ModelSpec
 from qbq.domain import Page, PageSource
-from qbq.errors import ImageError, PageFetchError
+from qbq.errors import ConfigurationError, ImageError, PageFetchError
 from qbq.images import (
     FORMAT_NAMES,
     PROVIDER_FORMATS,
@@ -81,10 +81,12 @@ class PageReader:
     # -- bytes -------------------------------------------------------------------------------
 
     def read_path(self, path: str, where: str) -> SourceBytes:
+        """The file at `path` (relative to the request's folder), through `PageFiles`."""
         data = self.files.read(path, f"{where}.path")
         return SourceBytes(data, f"{where}.path ({self.files.display(path)[:200]})", "path")
 
     def read_data_uri(self, uri: str, where: str) -> SourceBytes:
+        """The bytes of a base64 data URI (its label is not trusted: the content decides)."""
         decoded = decode_data_uri(uri, what=f"{where}.data_uri",
                                   max_bytes=self.settings.max_page_bytes)
         return SourceBytes(decoded.data, f"{where}.data_uri", "data_uri")
@@ -128,8 +130,13 @@ class PageReader:
             if len(img.data) > MAX_IMAGE_BYTES:  # cannot happen at ≤ 2048 px; checked anyway
                 raise ImageError(f"{src.what}: normalised page is {len(img.data):,} bytes, over "
                                  f"the provider's {MAX_IMAGE_BYTES:,}")
-        stored = self.cache.store(key, [(i.data, i.mime, i.width, i.height, i.source_width,
-                                         i.source_height) for i in images])
+        try:
+            stored = self.cache.store(key, [(i.data, i.mime, i.width, i.height, i.source_width,
+                                             i.source_height) for i in images])
+        except OSError as exc:
+            raise ConfigurationError(f"cannot write normalised pages to the page cache "
+                                     f"{self.cache.folder} ({exc.strerror}); set "
+                                     "QBQ_PAGE_CACHE_DIR to a writable folder") from exc
         return sha, stored
 
     def pages(self, src: SourceBytes, ids: Callable[[str, int, int], str]) -> list[Page]:

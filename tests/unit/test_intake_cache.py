@@ -123,3 +123,11 @@ def test_the_plan_counts_the_bytes_actually_sent(tmp_path: Path) -> None:
         body = json.dumps({"model": req.model, "messages": messages,
                            "response_format": response_format(batch.refs, ["1"])})
         assert len(body) <= batch.n_bytes <= policy.max_request_bytes
+
+
+def test_an_unwritable_cache_is_a_configuration_error(tmp_path: Path) -> None:
+    from qbq.errors import ConfigurationError
+
+    (tmp_path / "not-a-folder").write_text("")
+    with pytest.raises(ConfigurationError, match="cannot write normalised pages to the page cache"):
+        load(write(tmp_path / "exam", n=1), tmp_path / "not-a-folder")
