@@ -22,6 +22,12 @@ from tests.pages import encode, exif_rotated, heic, multipage, pdf
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite only: intake does not touch the store's dialect (the flow tests cover both)."""
+    return f"sqlite:///{tmp_path / 'qbq.db'}"
+
+
 def _marks(payload: dict[str, Any]) -> dict[str, dict[str, float]]:
     return {s["ref"]: {a["question_number"]: a["mark"] for a in s["answers"]}
             for s in payload["students"] if s["status"] == "graded"}
