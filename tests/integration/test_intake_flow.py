@@ -130,3 +130,22 @@ def test_an_expired_url_fails_only_its_student_and_no_signed_query_is_kept(
     store.dispose()
     everything = json.dumps(payload) + json.dumps(summary) + "".join(rows)
     assert "SIG" not in everything and "X-Amz" not in everything and "CRED" not in everything
+
+
+def test_a_class_whose_every_page_url_fails_ends_failed_with_every_student_listed(
+        tmp_path: Path, grading_env: str, receiver: BackgroundServer, sim_stats: Any,
+        static_files: tuple[Path, str]) -> None:
+    _, base_url = static_files
+    body = {"assessment_id": "all-gone", "model": "gpt-4.1-mini",
+            "questions": [{"question_number": "1", "max_mark": 2}],
+            "students": [{"ref": f"S{i}", "pages": [{"url": f"{base_url}/gone{i}.png?sig=x",
+                                                     "id": f"p{i}"}]} for i in range(3)]}
+    (tmp_path / "gone.json").write_text(json.dumps(body))
+
+    summary = grade_assessment(request_path=str(tmp_path / "gone.json"))
+
+    assert summary["status"] == "failed" and summary["failed"] == 3 and summary["batches"] == 0
+    assert sim_stats()["requests"] == 0  # nothing was sent to the model
+    payload = received(receiver)["payloads"][0]["payload"]
+    assert [(f["ref"], f["error_type"]) for f in payload["failures"]] == [
+        ("S0", "PageFetchError"), ("S1", "PageFetchError"), ("S2", "PageFetchError")]
