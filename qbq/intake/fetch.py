@@ -114,9 +114,10 @@ class _GuardedTransport(httpx.HTTPTransport):
     """httpx's transport on a connection pool that connects through `GuardedBackend`."""
 
     def __init__(self, backend: GuardedBackend) -> None:
-        super().__init__()
+        context = httpx.create_ssl_context()  # loading the CA bundle takes ~50 ms: once
+        super().__init__(verify=context)
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(), max_connections=16, http1=True, http2=False,
+            ssl_context=context, max_connections=16, http1=True, http2=False,
             network_backend=backend)
 
 
@@ -167,12 +168,20 @@ class PageFetcher:
                  deadline_s: float, inner_backend: httpcore.NetworkBackend | None = None) -> None:
         self.policy = policy
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
         self.deadline_s = deadline_s
         self.backend = GuardedBackend(policy, inner_backend)
-        self._client = httpx.Client(
-            transport=_GuardedTransport(self.backend), follow_redirects=False, trust_env=False,
-            timeout=httpx.Timeout(timeout_s), headers={"User-Agent": _USER_AGENT,
-                                                       "Accept-Encoding": "identity"})
+        self._client: httpx.Client | None = None  # made on the first download
+        self._lock = threading.Lock()
+
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(
+                    transport=_GuardedTransport(self.backend), follow_redirects=False,
+                    trust_env=False, timeout=httpx.Timeout(self.timeout_s),
+                    headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"})
+            return self._client
 
     @classmethod
     def from_settings(cls, settings: QbqSettings) -> PageFetcher:
@@ -188,7 +197,10 @@ class PageFetcher:
         self.close()
 
     def close(self) -> None:
-        self._client.close()
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     def __call__(self, url: str) -> bytes:
         self.backend.set_deadline(time.monotonic() + self.deadline_s)
@@ -201,7 +213,7 @@ class PageFetcher:
         for _hop in range(MAX_REDIRECTS + 1):
             check_url(url, self.policy)
             try:
-                with self._client.stream("GET", url) as response:
+                with self._http().stream("GET", url) as response:
                     if response.status_code in _REDIRECTS and "location" in response.headers:
                         url = str(response.url.join(response.headers["location"]))
                         continue
