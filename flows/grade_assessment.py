@@ -14,12 +14,13 @@ from prefect.utilities.annotations import quote
 
 from flows.artifacts import publish_run_artifacts
 from flows.config import make_task_runner, resolve_config
+from qbq.errors import RequestValidationError
 from qbq.grading import BatchOutcome
 from qbq.observability.logs import configure_logging
 from qbq.pipeline import RunResult
 from qbq.preparation import Prepared, handed_over
 from qbq.progress import BatchProgress, publish
-from qbq.request import LegacyRequest, NativeRequest
+from qbq.request import LegacyRequest, NativeRequest, inline_request_problem
 from qbq.resources import RunRef, run_resources
 from tasks.grading import (
     deliver_task,
@@ -48,7 +49,9 @@ def grade_assessment(
 
     Args:
         request: The grading request itself (native or legacy format). Give this or
-            request_path.
+            request_path. At most 524,288 bytes as JSON (Prefect's limit on flow parameters,
+            which it also stores in clear): a larger request, e.g. with pages as data URIs,
+            goes in a file (request_path) or gives its pages as URLs.
         request_path: Path of a request JSON file on the worker (relative page paths resolve
             against its folder).
         provider_block: Name of an OpenAIProvider block (API key, base URL, rate limits);
@@ -67,6 +70,8 @@ def grade_assessment(
         request.model_dump(mode="json", exclude_unset=True) if request is not None
         else str(request_path)
     )
+    if isinstance(source, dict) and (too_big := inline_request_problem(source)) is not None:
+        raise RequestValidationError([f"request: {too_big}"])
     prepared = handed_over(source, settings, policy) or prepare_task(source, settings, policy)
     plan = prepared.plan
     logger.info("process %s: %d students in %d batches, ~%d prompt tokens, est. $%.4f",

@@ -153,6 +153,7 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Show how a request would be batched: batches, tokens and estimated cost."""
+    from qbq.intake.report import intake_lines, intake_summary
     from qbq.preparation import prepare
 
     with _input_errors():
@@ -172,6 +173,7 @@ def plan(
         "expected_output_tokens": p.expected_output_tokens,
         "token_budget_per_request": p.token_budget,
         "estimated_cost_usd": round(p.estimated_cost_usd(), 6),
+        **intake_summary(prepared.request),
     }
     if as_json:
         sys.stdout.write(json.dumps(body, indent=2) + "\n")
@@ -185,6 +187,8 @@ def plan(
     console.print(table)
     console.print(f"{p.n_students} students in {len(p.batches)} batches; "
                   f"{p.prompt_tokens:,} prompt tokens; est. ${p.estimated_cost_usd():.4f}")
+    for line in intake_lines(prepared.request):
+        console.print(line, markup=False, highlight=False)
 
 
 @app.command()

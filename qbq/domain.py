@@ -11,7 +11,9 @@ from typing import Literal
 from qbq.catalog import ModelSpec
 
 __all__ = [
+    "ClassScanSplit",
     "GradingRequest",
+    "IntakeFailure",
     "LegacyContext",
     "Page",
     "Question",
@@ -23,10 +25,15 @@ PageSource = Literal["path", "url", "data_uri"]
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """A page image as qbq knows it: a stable id (declared, or the content hash) and its size.
+    """A page image as qbq knows it: a stable id (declared, or the original content's hash) and
+    the size at which the model sees it.
 
-    `location` is an absolute file path, an http(s) URL or a data URI; it is never hashed into a
-    key. `n_bytes` is what the page adds to a request body (base64 for inline images).
+    `source` says where the page came from. A normalised page (`digest` set) has `location` =
+    the absolute path of its normalised image in the page cache and `width`×`height` = that
+    image's pixels; a URL passed to the provider as is (QBQ_PAGE_URLS=pass) has `digest` None and
+    `location` = the URL. `location` is never hashed into a key. `n_bytes` is what the page adds
+    to a request body (its data URI, or the URL). `original_*` describe the file as received
+    (bytes of the whole file, upright pixels of this page; 0 when unknown).
     """
 
     image_id: str
@@ -35,6 +42,10 @@ class Page:
     width: int
     height: int
     n_bytes: int
+    digest: str | None = None
+    original_bytes: int = 0
+    original_width: int = 0
+    original_height: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +56,40 @@ class Question:
 
 
 @dataclass(frozen=True, slots=True)
+class IntakeFailure:
+    """Why a student could not be prepared (a page URL that could not be fetched or read): the
+    student is not sent to the model and is listed in the payload's failures with this."""
+
+    reason: str
+    error_type: str
+    image_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Student:
+    """A student's ref and pages in order; `intake_failure` set when it failed at intake."""
+
     ref: str
     pages: tuple[Page, ...]
+    intake_failure: IntakeFailure | None = None
 
     @property
     def image_ids(self) -> list[str]:
+        if self.intake_failure is not None:
+            return list(self.intake_failure.image_ids)
         return [p.image_id for p in self.pages]
+
+
+@dataclass(frozen=True)
+class ClassScanSplit:
+    """How a class scan was cut into students: `n_pages` pages of the file named `name`
+    (sha256 starting `sha16`), `pages_per_student` pages each, refs in scan order."""
+
+    name: str
+    sha16: str
+    n_pages: int
+    pages_per_student: int
+    refs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -76,6 +114,12 @@ class GradingRequest:
     students: tuple[Student, ...]
     source_format: Literal["native", "legacy"] = "native"
     legacy: LegacyContext | None = None
+    class_scan: ClassScanSplit | None = None
+
+    @property
+    def gradable_students(self) -> tuple[Student, ...]:
+        """The students to send to the model: all but those that failed at intake."""
+        return tuple(s for s in self.students if s.intake_failure is None)
 
     @property
     def max_marks(self) -> dict[str, float]:

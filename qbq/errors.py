@@ -4,6 +4,8 @@
     ├── InputError                 the request or configuration is wrong (exit code 2)
     │   ├── RequestValidationError     a field of the request is invalid
     │   ├── ImageError                 a page cannot be read or measured
+    │   │   └── PageFetchError             a page URL could not be downloaded (status_code if HTTP)
+    │   │       └── PageUrlRefusedError        the URL or the address it leads to is not allowed
     │   ├── UnknownModelError          a model with no known limits
     │   └── ConfigurationError         settings, blocks or limits are missing or wrong
     ├── PlanningError              a student cannot fit in any batch (exit code 2)
@@ -42,6 +44,8 @@ __all__ = [
     "GradingFailedError",
     "ImageError",
     "InputError",
+    "PageFetchError",
+    "PageUrlRefusedError",
     "PlanningError",
     "ProviderConnectionError",
     "ProviderDownError",
@@ -119,6 +123,26 @@ class RequestValidationError(InputError):
 
 class ImageError(InputError):
     """A page image is missing, unreadable or not an image."""
+
+
+class PageFetchError(ImageError):
+    """A page URL could not be downloaded; `status_code` is the HTTP status when one came back.
+
+    At intake this fails only the student whose page it is (a model-answer page fails the
+    request). The message names the page and host, never the URL's query (signed URLs carry
+    credentials there).
+    """
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+    def __reduce__(self) -> tuple[type[PageFetchError], tuple[str, int | None]]:
+        return (type(self), (self.message, self.status_code))
+
+
+class PageUrlRefusedError(PageFetchError):
+    """The URL is not one qbq fetches (scheme, credentials) or leads to a non-public address."""
 
 
 class UnknownModelError(InputError):

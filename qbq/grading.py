@@ -28,13 +28,11 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from qbq.backoff import full_jitter
 from qbq.domain import GradingRequest, Page, Student
 from qbq.errors import (
-    ImageError,
     ProviderError,
     QbqError,
     RateLimitedError,
@@ -45,7 +43,7 @@ from qbq.errors import (
     TruncatedResponseError,
     clip_detail,
 )
-from qbq.images import encode_data_uri, inspect_image
+from qbq.intake.cache import model_image_url
 from qbq.observability.logs import log_batch_event
 from qbq.planning import PlannedBatch, prompt_questions
 from qbq.prompts import StudentPages, build_messages, correction_text, response_format
@@ -101,14 +99,10 @@ class GradingDeps:
 
 
 def page_url(page: Page) -> str:
-    """What goes into the image part: URLs as given, local files inlined as data URIs."""
-    if page.source != "path":
-        return page.location
-    try:
-        data = Path(page.location).read_bytes()
-    except OSError as exc:
-        raise ImageError(f"page {page.image_id}: cannot read {page.location}") from exc
-    return encode_data_uri(data, inspect_image(data, what=page.image_id).mime)
+    """What goes into the image part: the page's normalised image as a data URI (read from the
+    page cache, so another process of this host can send it and nothing is normalised twice), or
+    its URL when QBQ_PAGE_URLS=pass."""
+    return model_image_url(page)
 
 
 # --- the decision table -------------------------------------------------------------------------

@@ -1,22 +1,21 @@
-"""The HTTP adapter (httpx): the results API POST and page-image downloads.
+"""The HTTP adapter (httpx) of the results API: POST and lookup.
 
-This is the only module that imports `httpx`. Clients are injected, so tests can hand them a
-transport; the results API answers a repeated `Idempotency-Key` without storing twice.
+Clients are injected, so tests can hand them a transport; the results API answers a repeated
+`Idempotency-Key` without storing twice. Page downloads have their own adapter with the address
+guard and limits: `qbq.intake.fetch`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from qbq.errors import DeliveryError, ImageError
+from qbq.errors import DeliveryError
 
-__all__ = ["HttpClient", "fetch_image", "lookup_results", "make_http_client", "post_results",
-           "safe_url"]
+__all__ = ["HttpClient", "lookup_results", "make_http_client", "post_results", "safe_url"]
 
 HttpClient = httpx.Client
 
@@ -29,21 +28,6 @@ def make_http_client(*, timeout_s: float, token: str | None = None) -> httpx.Cli
 def safe_url(url: str) -> str:
     """A URL without its query string (presigned URLs carry credentials there)."""
     return url.split("?", 1)[0]
-
-
-def fetch_image(client: httpx.Client) -> Callable[[str], bytes]:
-    """A `Fetcher` for request loading: the bytes behind a page URL, or `ImageError`."""
-
-    def fetch(url: str) -> bytes:
-        try:
-            response = client.get(url)
-        except httpx.HTTPError as exc:
-            raise ImageError(f"cannot download {safe_url(url)}: {type(exc).__name__}") from exc
-        if response.status_code != 200:
-            raise ImageError(f"cannot download {safe_url(url)}: HTTP {response.status_code}")
-        return response.content
-
-    return fetch
 
 
 def post_results(client: httpx.Client, url: str, payload: dict[str, Any],

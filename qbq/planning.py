@@ -437,7 +437,7 @@ def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
             expected_reasoning_tokens=allowance.expected(n),
         ))
 
-    for student in request.students:
+    for student in request.gradable_students:  # students that failed at intake go to reduce
         cost = _student_cost(request, student)
         share = schema.share(student.ref)
         for _ in range(2):  # try the open batch, then a fresh one

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from qbq.domain import GradingRequest
-from qbq.http import fetch_image, make_http_client
+from qbq.intake.fetch import PageFetcher
 from qbq.loading import load_request, load_request_file
 from qbq.planning import BatchPlan, plan_batches
 from qbq.request import parse_request
@@ -29,9 +29,9 @@ class Prepared:
 
 def prepare(source: dict[str, Any] | str | Path, *, settings: QbqSettings,
             policy: GradingPolicy, base_dir: Path | None = None) -> Prepared:
-    """Validate, measure and plan a request given as a decoded object or a file path."""
-    with make_http_client(timeout_s=settings.delivery_timeout_s) as client:
-        fetch = fetch_image(client)
+    """Validate, read, fetch and normalise every page, and plan a request given as a decoded
+    object or a file path."""
+    with PageFetcher.from_settings(settings) as fetch:
         if isinstance(source, dict):
             request = load_request(parse_request(source), base_dir=base_dir or Path.cwd(),
                                    settings=settings, fetch=fetch)

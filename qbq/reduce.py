@@ -62,6 +62,7 @@ def reduce_results(request: GradingRequest, plan: BatchPlan, batches: Mapping[st
             failures.append(PayloadFailure(ref=student.ref, reason=reason, error_type=error_type))
             students.append(PayloadStudent(ref=student.ref, image_ids=student.image_ids,
                                            status="failed", needs_review=review, answers=[]))
+    _add_intake_failures(request, students, failures)
     summary = _summary(request, plan, batches, policy, students, failures)
     coverage = (len(students) - len(failures)) / len(students) if students else 0.0
     status: Literal["success", "failed"] = (
@@ -113,6 +114,21 @@ def _summary(request: GradingRequest, plan: BatchPlan, batches: Mapping[str, Sto
         ),
         simulated=any(bool((s.result or {}).get("simulated")) for s in stored),
     )
+
+
+def _add_intake_failures(request: GradingRequest, students: list[PayloadStudent],
+                         failures: list[PayloadFailure]) -> None:
+    """Students that failed at intake (never planned), put in request order among the rest."""
+    for student in request.students:
+        failure = student.intake_failure
+        if failure is not None:
+            failures.append(PayloadFailure(ref=student.ref, reason=failure.reason,
+                                           error_type=failure.error_type))
+            students.append(PayloadStudent(ref=student.ref, image_ids=student.image_ids,
+                                           status="failed", needs_review=False, answers=[]))
+    order = {s.ref: i for i, s in enumerate(request.students)}
+    students.sort(key=lambda s: order[s.ref])
+    failures.sort(key=lambda f: order[f.ref])
 
 
 def _failure_reason(stored: StoredBatch | None,

@@ -12,9 +12,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, model_validator
 
 from qbq.errors import RequestValidationError
+from qbq.images import data_uri_problem
 from qbq.schema_limits import MAX_REF_LENGTH
 
+#: Prefect refuses flow-run parameters larger than this when serialized as JSON (its server
+#: setting `server.api.max_parameter_size`), and stores the ones it takes in clear.
+PREFECT_MAX_PARAMETER_BYTES = 524_288
+
 __all__ = [
+    "PREFECT_MAX_PARAMETER_BYTES",
+    "ClassScanIn",
     "LegacyImage",
     "LegacyQuestion",
     "LegacyRequest",
@@ -22,6 +29,7 @@ __all__ = [
     "PageIn",
     "QuestionIn",
     "StudentIn",
+    "inline_request_problem",
     "parse_request",
     "parse_request_json",
     "request_problems",
@@ -47,13 +55,7 @@ class PageIn(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> PageIn:
-        given = [k for k in ("path", "url", "data_uri") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError("a page needs exactly one of path, url or data_uri")
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
-            raise ValueError("url must be http(s)")
-        if self.data_uri is not None and not self.data_uri.startswith("data:image/"):
-            raise ValueError("data_uri must start with data:image/")
+        _check_source(self.path, self.url, self.data_uri, "a page")
         if self.url is not None and self.id is None:
             raise ValueError(
                 "a url page needs an id: URLs (often presigned) change between requests, "
@@ -61,6 +63,42 @@ class PageIn(BaseModel):
             )
         if (self.width is None) != (self.height is None):
             raise ValueError("give both width and height, or neither")
+        return self
+
+
+def _check_source(path: str | None, url: str | None, data_uri: str | None, what: str) -> None:
+    given = [k for k, v in (("path", path), ("url", url), ("data_uri", data_uri)) if v]
+    if len(given) != 1:
+        raise ValueError(f"{what} needs exactly one of path, url or data_uri")
+    if url is not None and not url.lower().startswith(("http://", "https://")):
+        raise ValueError("url must be http(s)")
+    if data_uri is not None:
+        problem = data_uri_problem(data_uri)
+        if problem is not None:
+            raise ValueError(f"data_uri: {problem}")
+
+
+class ClassScanIn(BaseModel):
+    """A whole class scanned into one file (PDF, multi-page TIFF, ...), cut into students of
+    `pages_per_student` consecutive pages; `refs` name them in scan order (default S001, ...)."""
+
+    model_config = _STRICT
+
+    path: str | None = None
+    url: str | None = None
+    data_uri: str | None = None
+    pages_per_student: Annotated[int, Field(gt=0, le=1000)]
+    refs: list[NonEmpty] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ClassScanIn:
+        _check_source(self.path, self.url, self.data_uri, "class_scan")
+        if self.refs is not None:
+            if not self.refs:
+                raise ValueError("refs: give at least one ref, or null for S001, S002, ...")
+            dupes = sorted({r for r in self.refs if self.refs.count(r) > 1})
+            if dupes:
+                raise ValueError(f"refs: duplicate refs {dupes}")
         return self
 
 
@@ -89,7 +127,8 @@ class NativeRequest(BaseModel):
     instructions: str | None = None
     questions: list[QuestionIn]
     model_answer_pages: list[PageIn] = Field(default_factory=list)
-    students: list[StudentIn]
+    students: list[StudentIn] = Field(default_factory=list)
+    class_scan: ClassScanIn | None = None
 
 
 class LegacyImage(BaseModel):
@@ -147,7 +186,9 @@ def _duplicates(values: list[str]) -> dict[str, list[int]]:
 def request_problems(req: NativeRequest) -> list[str]:
     """Cross-field problems pydantic cannot see field by field."""
     problems: list[str] = []
-    if not req.students:
+    if req.class_scan is not None and req.students:
+        problems.append("class_scan: give students or class_scan, not both")
+    elif req.class_scan is None and not req.students:
         problems.append("students: no students to grade")
     if not req.questions:
         problems.append("questions: no questions")
@@ -227,6 +268,20 @@ def parse_request_json(text: str | bytes) -> NativeRequest | LegacyRequest:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestValidationError([f"request: malformed JSON ({exc})"]) from exc
     return parse_request(data)
+
+
+def inline_request_problem(body: Any) -> str | None:
+    """Why an inline request (a flow parameter) is too large for Prefect, or None.
+
+    Prefect refuses flow-run parameters over `PREFECT_MAX_PARAMETER_BYTES` and stores the rest
+    in its database in clear; large requests (pages as data URIs) belong in a file.
+    """
+    size = len(json.dumps(body, separators=(",", ":")).encode())
+    if size <= PREFECT_MAX_PARAMETER_BYTES:
+        return None
+    return (f"the inline request is {size:,} bytes, over the {PREFECT_MAX_PARAMETER_BYTES:,} "
+            "bytes Prefect accepts as a flow parameter: write it to a file the worker can read "
+            "and pass request_path, or give its pages as URLs instead of data URIs")
 
 
 RequestFormat = Literal["native", "legacy"]

@@ -1,7 +1,9 @@
 """Synthetic sample assessments: exam-like PNG pages with hidden true marks, plus their requests.
 
-Each student's first page carries the truth in the PNG tEXt chunk `qbq:truth`; output is
-byte-for-byte deterministic for a given seed.
+Each student's first page carries the truth twice: in the PNG tEXt chunk `qbq:truth`, and as a
+QR code drawn on the page reading `qbq:truth:` + the same JSON, which survives what the chunk
+does not (qbq's normalisation to JPEG, downscaling, rotation, a PDF or HEIC round trip). Output
+is byte-for-byte deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ import random
 from pathlib import Path
 from typing import Any
 
+import segno
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from qbq.images import TRUTH_KEY, read_truth
+from qbq.images import TRUTH_KEY, TRUTH_QR_PREFIX, read_truth
 
-__all__ = ["truth_of", "write_legacy_sample", "write_sample"]
+__all__ = ["stamp_truth", "truth_json", "truth_of", "truth_qr", "write_legacy_sample",
+           "write_sample"]
+
+#: The QR code's modules stay at least this many pixels wide after the strongest downscale qbq
+#: applies (tile models: the short side to 768 px), so the truth still decodes.
+_QR_MIN_MODULE_PX = 3.2
+_QR_QUIET_MODULES = 4
 
 MAX_MARK_CHOICES = (2, 3, 4, 5, 6, 8, 10)
 DEFAULT_INSTRUCTIONS = (
@@ -83,6 +92,38 @@ def _scribble_line(
         x += word_len + int(rng.uniform(14, 30) * scale)
 
 
+def truth_json(truth: dict[str, Any]) -> str:
+    """The canonical JSON of a truth object (the PNG chunk and the QR code hold exactly this)."""
+    return json.dumps(truth, sort_keys=True, separators=(",", ":"))
+
+
+def truth_qr(truth: dict[str, Any], page_size: tuple[int, int]) -> Image.Image:
+    """The truth as a QR code (`qbq:truth:` + JSON, error correction M, with its quiet zone),
+    sized for a page of `page_size` pixels."""
+    code = segno.make_qr(TRUTH_QR_PREFIX + truth_json(truth), error="m", boost_error=False)
+    module = max(3, math.ceil(_QR_MIN_MODULE_PX * min(page_size) / 768))
+    side = len(code.matrix) + 2 * _QR_QUIET_MODULES
+    img = Image.new("L", (side, side), 255)
+    dark = [(x + _QR_QUIET_MODULES, y + _QR_QUIET_MODULES)
+            for y, row in enumerate(code.matrix) for x, bit in enumerate(row) if bit]
+    for xy in dark:
+        img.putpixel(xy, 0)
+    return img.resize((side * module, side * module), Image.Resampling.NEAREST)
+
+
+def stamp_truth(img: Image.Image, truth: dict[str, Any]) -> Image.Image:
+    """`img` with the truth QR drawn in its bottom-right corner (over what was there)."""
+    qr = truth_qr(truth, img.size)
+    out = img.copy()
+    margin = int(40 * img.width / 1240)
+    out.paste(qr.convert(out.mode), (img.width - qr.width - margin, img.height - qr.height - margin))
+    return out
+
+
+def _qr_side(truth: dict[str, Any], page_size: tuple[int, int]) -> int:
+    return truth_qr(truth, page_size).height
+
+
 def _draw_page(
     *,
     size: tuple[int, int],
@@ -92,8 +133,10 @@ def _draw_page(
     questions: list[tuple[str, float, float]],
     rng: random.Random,
     continued: bool,
+    reserve_bottom: int = 0,
 ) -> Image.Image:
-    """An exam page; `questions` holds (number, max_mark, fraction of the answer written)."""
+    """An exam page; `questions` holds (number, max_mark, fraction of the answer written);
+    `reserve_bottom` pixels above the bottom margin stay blank (for the truth QR)."""
     width, height = size
     scale = width / 1240
     img = Image.new("L", size, 255)
@@ -128,7 +171,7 @@ def _draw_page(
                 break
             _scribble_line(draw, rng, margin + int(40 * scale), y, right, scale)
             y += line_gap
-    room = height - margin - y
+    room = height - margin - y - reserve_bottom
     per_question = room // max(1, len(questions))
     label_h = int(54 * scale)
     compact = per_question < label_h + line_gap  # many questions: one inline line each
@@ -157,9 +200,11 @@ def _draw_page(
 
 
 def _save_png(img: Image.Image, path: Path, truth: dict[str, Any] | None = None) -> None:
+    """Save a page; a truth goes into the `qbq:truth` chunk and onto the page as a QR code."""
     info = PngInfo()
     if truth is not None:
-        info.add_text(TRUTH_KEY, json.dumps(truth, sort_keys=True, separators=(",", ":")))
+        info.add_text(TRUTH_KEY, truth_json(truth))
+        img = stamp_truth(img, truth)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format="PNG", optimize=True, pnginfo=info)
 
@@ -234,6 +279,7 @@ def write_sample(
                 questions=[(q, max_marks[q], 0.2 + 0.8 * marks[q] / max_marks[q]) for q in on_page],
                 rng=random.Random(f"{seed}-{page_id}"),
                 continued=not on_page,
+                reserve_bottom=_qr_side(truth, page_size) if p == 1 else 0,
             )
             _save_png(img, pages_dir / f"{page_id}.png", truth if p == 1 else None)
             page_entries.append(

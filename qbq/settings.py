@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import os
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = [
     "DEFAULT_REASONING_TOKENS_PER_REQUEST",
@@ -218,6 +220,57 @@ class QbqSettings(BaseSettings):
         False, description="Refuse every model request to a host that is not a loopback "
         "address (the test suite sets QBQ_LOOPBACK_ONLY=true, so no test can call a real model)."
     )
+
+    # --- intake: reading, fetching and normalising pages (qbq/intake) ---
+    max_page_bytes: int = Field(
+        50_000_000, gt=0, description="Largest page file qbq reads, in bytes (a local file, a "
+        "data URI or a download, counted after any gzip decoding, enforced while streaming)."
+    )
+    max_page_pixels: int = Field(
+        50_000_000, gt=0, description="Largest page image qbq decodes, in pixels (width × "
+        "height from the header, checked before decoding). 50 MP holds a 600-dpi A4 scan "
+        "(35 MP) and a 48-50 MP phone photo; Pillow's own default refuses only at 179 MP."
+    )
+    page_urls: Literal["fetch", "pass"] = Field(
+        "fetch", description="fetch: qbq downloads URL pages at intake (safely) and sends the "
+        "normalised image inline; pass: URL pages go to the provider as URLs (not normalised; "
+        "class scans are always fetched)."
+    )
+    allow_private_urls: bool = Field(
+        False, description="Allow page URLs whose host is a loopback, private, link-local or "
+        "otherwise non-public address (local test servers); off, such URLs are refused."
+    )
+    page_roots: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="Folders page files (and request files) must lie in, after "
+        "resolving '..' and symlinks; a JSON list or paths separated by ':'. None: any path."
+    )
+    page_cache_dir: str = Field(
+        "~/.cache/qbq/pages", description="Folder of normalised page images, keyed by content "
+        "hash and model family: read by every worker of this host, so a resume or a re-ask "
+        "never normalises a page twice."
+    )
+    page_cache_max_age_days: float = Field(
+        14.0, gt=0, description="Normalised pages not used for this many days are deleted from "
+        "the page cache (they hold student work)."
+    )
+    page_fetch_timeout_s: float = Field(
+        10.0, gt=0, description="Connect and read timeout of one page download, in seconds."
+    )
+    page_fetch_deadline_s: float = Field(
+        60.0, gt=0, description="Longest time one page download may take in all, in seconds."
+    )
+
+    @field_validator("page_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return None
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part.strip()]
+        return value
 
 
 def task_threads(settings: QbqSettings) -> int:

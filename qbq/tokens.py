@@ -35,6 +35,7 @@ __all__ = [
     "schema_tokens",
     "text_tokens",
     "tiktoken_cache_key",
+    "view_size",
 ]
 
 #: The `detail` of an image part in a chat request.
@@ -250,6 +251,43 @@ def _patch_tokens(formula: ImageFormula, width: int, height: int) -> int:
     # D: multiply and round up. The slack stops e.g. 100 * 1.72 = 172.00000000000003 from
     # becoming 173.
     return math.ceil(patches * formula.patch_multiplier - _EPSILON)
+
+
+def view_size(spec: ModelSpec, width: int, height: int) -> tuple[int, int]:
+    """The pixel size at which `spec` sees a width×height image (detail "high").
+
+    An image downscaled to this size costs exactly the tokens of the original and is not
+    resized again by the provider (tile models: it already fits 2048² with a short side of at
+    most 768; patch models: it covers the same whole number of 32-px patches, at most
+    `max_patches`, after fitting `max_dimension`). Never larger than the original.
+    """
+    formula = spec.image
+    if formula.family == "tile":
+        if width > _FIT_PX or height > _FIT_PX:
+            if width >= height:
+                width, height = _FIT_PX, max(1, height * _FIT_PX // width)
+            else:
+                width, height = max(1, width * _FIT_PX // height), _FIT_PX
+        if min(width, height) > _SHORT_SIDE_PX:
+            if width >= height:
+                width, height = width * _SHORT_SIDE_PX // height, _SHORT_SIDE_PX
+            else:
+                width, height = _SHORT_SIDE_PX, height * _SHORT_SIDE_PX // width
+        return width, height
+    # A: the provider first fits the image within max_dimension (the same integer rounding)
+    width, height = _fit_within(width, height, formula.max_dimension)
+    patches = _patch_count(width, height, formula.max_patches, formula.max_dimension)
+    if math.ceil(width / _PATCH_PX) * math.ceil(height / _PATCH_PX) <= formula.max_patches:
+        return width, height
+    # The provider scales by r and floors the sides to whole pixels (steps B-C of
+    # _patch_count): sending exactly that size covers the same patches — and the same bill —
+    # and fits the budget, so the provider does not resize it again.
+    r = math.sqrt(_PATCH_PX * _PATCH_PX * formula.max_patches / (width * height))
+    w_patches, h_patches = width * r / _PATCH_PX, height * r / _PATCH_PX
+    r *= min(math.floor(w_patches) / w_patches, math.floor(h_patches) / h_patches)
+    w, h = max(1, math.floor(width * r)), max(1, math.floor(height * r))
+    assert math.ceil(w / _PATCH_PX) * math.ceil(h / _PATCH_PX) == patches, (width, height, w, h)
+    return min(w, width), min(h, height)
 
 
 @functools.lru_cache(maxsize=65_536)

@@ -10,6 +10,7 @@ from pathlib import Path
 _HOME = tempfile.mkdtemp(prefix="qbq-tests-")
 os.environ.setdefault("PREFECT_HOME", str(Path(_HOME) / "prefect"))
 os.environ.setdefault("QBQ_TIKTOKEN_CACHE_DIR", str(Path(_HOME) / "tiktoken"))
+os.environ.setdefault("QBQ_PAGE_CACHE_DIR", str(Path(_HOME) / "pages"))  # normalised pages
 os.environ["OPENAI_API_KEY"] = "sk-test-simulated"  # never a real key in tests
 os.environ["QBQ_LOOPBACK_ONLY"] = "true"  # any model request off loopback fails (qbq.provider)
 os.environ.pop("OPENAI_BASE_URL", None)

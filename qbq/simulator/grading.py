@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from qbq.images import read_truth
 from qbq.prompts import MODEL_ANSWERS_LABEL, QUESTIONS_LABEL, STUDENT_LABEL
+from qbq.simulator.images import read_truth  # the PNG chunk, else the page's QR code
 
 __all__ = [
     "FEEDBACK_PREFIX",

@@ -1,20 +1,37 @@
-"""Loading the images of a chat request as OpenAI does: data URIs decoded, http(s) URLs fetched."""
+"""Loading the images of a chat request as OpenAI does: data URIs decoded, http(s) URLs fetched;
+and reading the ground truth a sample page carries (its `qbq:truth` PNG chunk, else its QR code).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import io
 import ssl
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Final
 
 import httpx
+import zxingcpp
+from PIL import Image
 
 from qbq.errors import ImageError
-from qbq.images import decode_data_uri, inspect_image
+from qbq.images import (
+    PROVIDER_FORMATS,
+    TRUTH_QR_PREFIX,
+    decode_data_uri,
+    inspect_image,
+    parse_truth,
+    sniff,
+)
+from qbq.images import read_truth as read_truth_chunk
 from qbq.simulator.validation import SimAPIError
 
-__all__ = ["LoadedImage", "load_images"]
+__all__ = ["LoadedImage", "load_images", "read_truth"]
 
 #: OpenAI's limit on one image.
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -28,11 +45,67 @@ def _tls_context() -> ssl.SSLContext:
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """The bytes and pixel size of one image URL of a request."""
+    """The bytes, pixel size and ground truth (if it carries one) of one image URL of a request."""
 
     data: bytes
     width: int
     height: int
+    truth: dict[str, Any] | None = None
+
+
+class _TruthCache:
+    """Truth per image content (sha256): a re-asked or re-sent page is decoded once."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> tuple[bool, dict[str, Any] | None]:
+        with self._lock:
+            if key not in self._items:
+                return False, None
+            self._items.move_to_end(key)
+            return True, self._items[key]
+
+    def put(self, key: str, value: dict[str, Any] | None) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+_TRUTHS: Final = _TruthCache(4096)
+
+
+def read_truth(data: bytes) -> dict[str, Any] | None:
+    """The ground truth of a page image: its `qbq:truth` PNG chunk when present, else the JSON of
+    a QR code reading `qbq:truth:{...}` anywhere on the page (which survives qbq's normalisation:
+    JPEG, downscaling, rotation, PDF rendering)."""
+    key = hashlib.sha256(data).hexdigest()
+    found, truth = _TRUTHS.get(key)
+    if found:
+        return truth
+    truth = read_truth_chunk(data)
+    if truth is None:
+        truth = _qr_truth(data)
+    _TRUTHS.put(key, truth)
+    return truth
+
+
+def _qr_truth(data: bytes) -> dict[str, Any] | None:
+    if sniff(data) not in PROVIDER_FORMATS:
+        return None
+    try:
+        with Image.open(io.BytesIO(data), formats=list(PROVIDER_FORMATS)) as img:
+            grey = img.convert("L")
+    # a malformed image simply carries no truth (the loader has refused it already)
+    except Exception:  # noqa: BLE001
+        return None
+    for code in zxingcpp.read_barcodes(grey, formats=zxingcpp.BarcodeFormats(zxingcpp.QRCode)):
+        if code.text.startswith(TRUTH_QR_PREFIX):
+            return parse_truth(code.text[len(TRUTH_QR_PREFIX):])
+    return None
 
 
 async def _fetch(client: httpx.AsyncClient, url: str) -> bytes:
@@ -51,7 +124,7 @@ async def _load(
 ) -> LoadedImage:
     if url[:5].lower() == "data:":
         try:
-            data = decode_data_uri(url, what=param)
+            data = decode_data_uri(url, what=param).data
         except ImageError as exc:
             raise SimAPIError(
                 400, f"Invalid image: {exc.message}", param=param, code="invalid_image_format"
@@ -69,15 +142,23 @@ async def _load(
         )
     try:
         info = inspect_image(data, what=param)
+        if info.mime == "image/gif" and _animated(data):
+            raise ImageError(f"{param}: animated GIF")
     except ImageError as exc:
         raise SimAPIError(
             400,
             f"Invalid image: the image at '{param}' could not be decoded. Supported formats "
-            "are png, jpeg, gif and webp.",
+            "are png, jpeg, gif (not animated) and webp.",
             param=param,
             code="invalid_image_format",
         ) from exc
-    return LoadedImage(data, info.width, info.height)
+    truth = await asyncio.to_thread(read_truth, data)
+    return LoadedImage(data, info.width, info.height, truth)
+
+
+def _animated(data: bytes) -> bool:
+    with Image.open(io.BytesIO(data), formats=["GIF"]) as img:
+        return bool(getattr(img, "n_frames", 1) > 1)
 
 
 async def load_images(parts: Iterable[tuple[str, str]], timeout_s: float) -> dict[str, LoadedImage]:

@@ -175,8 +175,9 @@ def prefect_stack(pg_server: PgServer | None,
 
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("PREFECT_", "OPENAI_", "QBQ_"))}
-    # keep the offline tiktoken cache the session set up
-    base.update({k: v for k, v in os.environ.items() if k == "QBQ_TIKTOKEN_CACHE_DIR"})
+    # keep the offline tiktoken cache and the page cache the session set up
+    base.update({k: v for k, v in os.environ.items()
+                 if k in ("QBQ_TIKTOKEN_CACHE_DIR", "QBQ_PAGE_CACHE_DIR")})
     cli_env = {
         **base,
         "PREFECT_HOME": str(work / "prefect-home"),
@@ -220,6 +221,12 @@ def prefect_stack(pg_server: PgServer | None,
             with httpx.Client(base_url=api_url, timeout=30) as api:
                 deployments = {d["name"]: d["id"] for d in
                                api.post("/deployments/filter", json={}).raise_for_status().json()}
+                # prefect.yaml confines page paths to the checkout's intake folder; these tests
+                # write their requests under the session's temporary folder, so that is the root
+                roots = {"QBQ_PAGE_ROOTS": str(tmp_path_factory.getbasetemp())}
+                for deployment_id in deployments.values():
+                    api.patch(f"/deployments/{deployment_id}",
+                              json={"job_variables": {"env": roots}}).raise_for_status()
             yield PrefectStack(api_url=api_url, ui_url=f"http://127.0.0.1:{port}",
                                cli_env=cli_env, simulator=simulator, receiver=receiver,
                                work_dir=work, server=server, worker=worker,

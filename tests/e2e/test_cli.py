@@ -56,7 +56,7 @@ BAD_INPUTS: dict[str, tuple[Any, str]] = {
     "max_mark negative": (lambda b: b["questions"][0].update(max_mark=-2),
                           "questions[0].max_mark: must be > 0"),
     "missing image file": (lambda b: b["students"][2]["pages"][0].update(path="pages/nope.png"),
-                           "students[2].pages[0].path: file not found"),
+                           "students[2].pages[0].path (pages/nope.png): file not found"),
     "unreadable image": (lambda b: b["students"][0]["pages"][0].update(path="request.json"),
                          "students[0].pages[0].path"),
     "unknown model": (lambda b: b.update(model="gpt-imaginary"), "gpt-imaginary"),

@@ -90,4 +90,5 @@ def grading_env(monkeypatch: pytest.MonkeyPatch, simulator: BackgroundServer,
     monkeypatch.setenv("QBQ_RPM", "10000")
     monkeypatch.setenv("QBQ_TPM", "100000000")
     monkeypatch.setenv("QBQ_LIMITER_DIR", str(database_url_dir(database_url)))
+    monkeypatch.setenv("QBQ_ALLOW_PRIVATE_URLS", "true")  # page URLs on loopback test servers
     return database_url

@@ -1,6 +1,7 @@
 """No personal data leaks: a graded run whose pages carry planted names, whose feedback names the
-student, whose page URLs are presigned and one of whose students fails, scanned everywhere a
-person or a log pipeline could read it — none of the planted strings may appear."""
+student, whose page URLs are presigned (one of them expired) and two of whose students fail,
+scanned everywhere a person or a log pipeline could read it — none of the planted strings may
+appear."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from qbq.images import TRUTH_KEY, read_truth
 from qbq.observability.logs import JsonLinesFormatter, configure_logging
 from qbq.pipeline import RunResult
 from qbq.resources import open_store
-from qbq.sample import write_sample
+from qbq.sample import stamp_truth, truth_qr, write_sample
 from qbq.settings import get_settings
 from qbq.simulator import BackgroundServer
 from qbq.store import Store, queries
@@ -42,6 +43,7 @@ SIGNATURE = "PLANTEDSIG"
 CREDENTIAL = "AKIAPLANTED"
 API_KEY = "sk-test-simulated"
 FAILING = "S003"
+EXPIRED = "S005"  # its first page's presigned URL has expired (HTTP 404): fails at intake
 
 
 @pytest.fixture
@@ -75,15 +77,19 @@ def _plant(root: Path, base_url: str) -> Path:
             data = path.read_bytes()
             truth = read_truth(data)
             if truth is not None:
+                old_side = truth_qr(truth, (1240, 1754)).width
                 truth["name"] = {"first": first, "last": last}
                 info = PngInfo()
                 info.add_text(TRUTH_KEY, json.dumps(truth))
                 with Image.open(path) as img:
                     img.load()
-                    img.save(path, format="PNG", pnginfo=info)
+                    blank = Image.new("L", (old_side + 40, old_side + 40), 255)
+                    img.paste(blank, (img.width - blank.width, img.height - blank.height))
+                    stamp_truth(img, truth).save(path, format="PNG", pnginfo=info)  # QR too
             query = f"X-Amz-Signature={SIGNATURE}{i}&X-Amz-Credential={CREDENTIAL}%2F20260101"
+            name = "expired.png" if student["ref"] == EXPIRED and truth is not None else path.name
             page.clear()
-            page.update({"url": f"{base_url}/pages/{path.name}?{query}", "id": path.stem})
+            page.update({"url": f"{base_url}/pages/{name}?{query}", "id": path.stem})
     body["model_answer_pages"] = [{
         "url": f"{base_url}/pages/model-answer-p1.png?X-Amz-Signature={SIGNATURE}m",
         "id": "model-answer-p1"}]
@@ -176,11 +182,12 @@ def test_no_names_feedback_urls_keys_or_image_bytes_leak(
     # the plant took: names and personal feedback reached the results payload, one student failed
     payload = received(receiver)["payloads"][0]["payload"]
     names = {(s["name"]["first"], s["name"]["last"]) for s in payload["students"] if s["name"]}
-    assert names == set(PLANTED) - {PLANTED[2]}
+    assert names == set(PLANTED) - {PLANTED[2], PLANTED[4]}
     feedback = [a["feedback"] for s in payload["students"] for a in s["answers"]]
     assert feedback and all(FEEDBACK_MARK in f for f in feedback)
-    assert [f["ref"] for f in payload["failures"]] == [FAILING]
-    assert result.summary.failed == 1
+    assert [f["ref"] for f in payload["failures"]] == [FAILING, EXPIRED]
+    assert payload["failures"][1]["error_type"] == "PageFetchError"
+    assert result.summary.failed == 2
 
     # everything a person or a pipeline could read
     texts: list[str] = [result.summary.model_dump_json()]

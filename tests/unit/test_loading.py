@@ -1,4 +1,5 @@
-"""Tests of request loading: paths, data URIs and URLs measured into pages, models resolved."""
+"""Tests of request loading: paths, data URIs and URLs read and normalised into pages, models
+resolved; a student page URL that cannot be fetched fails only its student."""
 
 from __future__ import annotations
 
@@ -11,18 +12,13 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from qbq.domain import GradingRequest
-from qbq.errors import ImageError, RequestValidationError, UnknownModelError
-from qbq.images import encode_data_uri
+from qbq.domain import GradingRequest, Page
+from qbq.errors import ImageError, PageFetchError, RequestValidationError, UnknownModelError
+from qbq.images import data_uri_length, encode_data_uri
 from qbq.loading import Fetcher, load_request, load_request_file
 from qbq.request import parse_request
 from qbq.settings import QbqSettings
-
-
-def png(width: int = 30, height: int = 40, color: int = 0) -> bytes:
-    buf = io.BytesIO()
-    Image.new("L", (width, height), color).save(buf, format="PNG")
-    return buf.getvalue()
+from tests.pages import png
 
 
 def write_png(path: Path, width: int = 30, height: int = 40, color: int = 0) -> bytes:
@@ -48,7 +44,7 @@ class FakeFetch:
         try:
             return self.images[url]
         except KeyError:
-            raise ImageError(f"HTTP 404 for {url}") from None
+            raise PageFetchError("HTTP 404", 404) from None
 
 
 def no_fetch(url: str) -> bytes:
@@ -87,6 +83,13 @@ def image_error(body: dict[str, Any], base_dir: Path, fetch: Fetcher | None = No
     return info.value.message
 
 
+def normalised_bytes(page: Page) -> bytes:
+    """The normalised image a page sends (from the page cache), checked against its hash."""
+    data = Path(page.location).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == page.digest
+    return data
+
+
 # --- local files --------------------------------------------------------------------------------
 
 
@@ -110,13 +113,14 @@ def test_relative_paths_resolve_against_the_request_files_folder(
 
     [student] = req.students
     pa, pb = student.pages
-    assert pa.location == str((folder / "pages" / "a.png").resolve())
-    assert (pa.source, pa.width, pa.height) == ("path", 30, 40)
+    assert (pa.source, pa.width, pa.height, pa.original_bytes) == ("path", 30, 40, len(a))
     assert pa.image_id == sha_id(a)
-    assert (pb.image_id, pb.width, pb.height) == ("b", 50, 20)
-    # A local file is sent inline, so it adds its base64 data URI to the request body.
-    assert pa.n_bytes == len(encode_data_uri(a, "image/png"))
-    assert pb.n_bytes == len(encode_data_uri(b, "image/png"))
+    assert (pb.image_id, pb.width, pb.height, pb.original_bytes) == ("b", 50, 20, len(b))
+    # A page is sent inline as its normalised image: it adds that data URI to the request body.
+    for page in (pa, pb):
+        data = normalised_bytes(page)
+        assert page.n_bytes == data_uri_length(len(data), "image/png")
+        assert Image.open(io.BytesIO(data)).size == (page.width, page.height)
     [ma] = req.model_answer_pages
     assert (ma.image_id, ma.width, ma.height) == (sha_id(key), 60, 80)
     assert req.source_format == "native" and req.legacy is None
@@ -127,7 +131,7 @@ def test_relative_request_file_path(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     write_request(tmp_path / "exam", native([{"ref": "S1", "pages": [{"path": "p.png"}]}]))
     monkeypatch.chdir(tmp_path)
     req = load_request_file(Path("exam/request.json"), settings=SETTINGS, fetch=None)
-    assert req.students[0].pages[0].location == str((tmp_path / "exam" / "p.png").resolve())
+    assert req.students[0].pages[0].image_id == sha_id((tmp_path / "exam" / "p.png").read_bytes())
 
 
 def test_absolute_paths_are_kept(tmp_path: Path) -> None:
@@ -145,8 +149,9 @@ def test_missing_file_names_the_page(tmp_path: Path) -> None:
         {"ref": "S2", "pages": [{"path": "ok.png"}, {"path": "missing.png"}]},
     ])
     message = image_error(body, tmp_path)
-    assert "students[1].pages[1].path: file not found" in message
-    assert str(tmp_path / "missing.png") in message
+    # named relative to the request's folder, as the request names it
+    assert "students[1].pages[1].path (missing.png): file not found" in message
+    assert str(tmp_path) not in message
     assert "students[0]" not in message and "students[1].pages[0]" not in message
 
 
@@ -157,30 +162,36 @@ def test_every_bad_page_is_reported_at_once(tmp_path: Path) -> None:
         {"ref": "S2", "pages": [{"path": "notes.txt"}]},
     ], model_answer_pages=[{"path": "key-gone.png"}])
     message = image_error(body, tmp_path)
-    assert "model_answer_pages[0].path: file not found" in message
-    assert "students[0].pages[0].path: file not found" in message
-    assert "students[1].pages[0].path" in message and "not a readable image" in message
+    assert "model_answer_pages[0].path (key-gone.png): file not found" in message
+    assert "students[0].pages[0].path (gone.png): file not found" in message
+    assert "students[1].pages[0].path (notes.txt): not a recognised image or PDF" in message
 
 
 def test_non_image_file_names_the_page(tmp_path: Path) -> None:
     write_png(tmp_path / "ok.png")
-    (tmp_path / "answers.pdf").write_bytes(b"%PDF-1.4 not an image")
-    body = native([{"ref": "S1", "pages": [{"path": "ok.png"}, {"path": "answers.pdf"}]}])
+    (tmp_path / "answers.docx").write_bytes(b"PK\x03\x04 a word document")
+    body = native([{"ref": "S1", "pages": [{"path": "ok.png"}, {"path": "answers.docx"}]}])
     message = image_error(body, tmp_path)
-    assert "students[0].pages[1].path" in message
-    assert "not a readable image" in message
+    assert "students[0].pages[1].path (answers.docx): a ZIP archive" in message
 
 
-def test_image_format_the_model_does_not_accept(tmp_path: Path) -> None:
-    Image.new("RGB", (8, 8)).save(tmp_path / "scan.bmp", format="BMP")
-    message = image_error(native([{"ref": "S1", "pages": [{"path": "scan.bmp"}]}]), tmp_path)
-    assert "students[0].pages[0].path" in message and "BMP" in message
+def test_damaged_pdf_names_the_page_and_the_type(tmp_path: Path) -> None:
+    (tmp_path / "answers.pdf").write_bytes(b"%PDF-1.4 not really a PDF")
+    message = image_error(native([{"ref": "S1", "pages": [{"path": "answers.pdf"}]}]), tmp_path)
+    assert "students[0].pages[0].path (answers.pdf): a damaged or password-protected PDF" in message
+    assert "object at 0x" not in message
+
+
+def test_a_format_the_provider_does_not_take_is_converted(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "scan.bmp", format="BMP")
+    page = load(native([{"ref": "S1", "pages": [{"path": "scan.bmp"}]}]), tmp_path).students[0].pages[0]
+    assert Image.open(io.BytesIO(normalised_bytes(page))).format in ("PNG", "JPEG")
 
 
 def test_directory_instead_of_file(tmp_path: Path) -> None:
     (tmp_path / "pages").mkdir()
     message = image_error(native([{"ref": "S1", "pages": [{"path": "pages"}]}]), tmp_path)
-    assert "students[0].pages[0].path" in message
+    assert "students[0].pages[0].path (pages): not a regular file (a folder)" in message
 
 
 def test_missing_request_file_is_a_request_error(tmp_path: Path) -> None:
@@ -203,20 +214,19 @@ def test_data_uri_page(tmp_path: Path) -> None:
     uri = encode_data_uri(data, "image/png")
     req = load(native([{"ref": "S1", "pages": [{"data_uri": uri}]}]), tmp_path)
     page = req.students[0].pages[0]
-    assert (page.source, page.location, page.width, page.height) == ("data_uri", uri, 21, 13)
+    assert (page.source, page.width, page.height) == ("data_uri", 21, 13)
     assert page.image_id == sha_id(data)
-    assert page.n_bytes == len(uri)
+    assert page.n_bytes == data_uri_length(len(normalised_bytes(page)), "image/png")
 
 
 @pytest.mark.parametrize(
     ("uri", "problem"),
     [
-        ("data:image/png;base64,@@not base64@@", "not valid base64"),
-        ("data:image/png,rawbytes", "not a base64 data URI"),
+        ("data:image/png;base64,@@not base64@@", "not valid base64 (a '@' at character 0)"),
         ("data:image/png;base64," + encode_data_uri(b"plain text", "x")[len("data:x;base64,"):],
-         "not a readable image"),
+         "not a recognised image or PDF"),
     ],
-    ids=["bad-base64", "not-base64-uri", "not-an-image"],
+    ids=["bad-base64", "not-an-image"],
 )
 def test_bad_data_uri_names_the_page(tmp_path: Path, uri: str, problem: str) -> None:
     good = encode_data_uri(png(), "image/png")
@@ -230,51 +240,83 @@ def test_bad_data_uri_names_the_page(tmp_path: Path, uri: str, problem: str) -> 
 # --- URLs ---------------------------------------------------------------------------------------
 
 
-def test_url_pages_with_declared_size_need_no_fetch(tmp_path: Path) -> None:
+PASS = QbqSettings(page_urls="pass")
+
+
+def test_passed_url_pages_with_declared_size_need_no_fetch(tmp_path: Path) -> None:
     pages = [{"url": f"https://bucket.example/p{j}.png?sig=x", "id": f"p{j}",
               "width": 1000 + j, "height": 1400} for j in range(6)]
-    req = load(native([{"ref": "S1", "pages": pages}]), tmp_path, fetch=None)
-    got = [(p.image_id, p.source, p.location, p.width, p.height) for p in req.students[0].pages]
-    assert got == [(f"p{j}", "url", f"https://bucket.example/p{j}.png?sig=x", 1000 + j, 1400)
-                   for j in range(6)]
-    # Through the thread-pool path too (more than a few URLs), with a fetch that must not run.
-    req = load(native([{"ref": "S1", "pages": pages}]), tmp_path, fetch=no_fetch)
+    req = load(native([{"ref": "S1", "pages": pages}]), tmp_path, fetch=None, settings=PASS)
+    got = [(p.image_id, p.source, p.location, p.width, p.height, p.digest)
+           for p in req.students[0].pages]
+    assert got == [(f"p{j}", "url", f"https://bucket.example/p{j}.png?sig=x", 1000 + j, 1400,
+                    None) for j in range(6)]
+    # Through the thread-pool path too, with a fetch that must not run.
+    req = load(native([{"ref": "S1", "pages": pages}]), tmp_path, fetch=no_fetch, settings=PASS)
     assert [p.width for p in req.students[0].pages] == [1000 + j for j in range(6)]
 
 
-@pytest.mark.parametrize("n_pages", [1, 7], ids=["inline", "thread-pool"])
-def test_url_pages_without_size_are_fetched_and_measured(tmp_path: Path, n_pages: int) -> None:
-    images = {f"https://bucket.example/{j}.png": png(10 + j, 20) for j in range(n_pages)}
+def test_passed_url_pages_without_size_are_fetched_and_measured(tmp_path: Path) -> None:
+    images = {f"https://bucket.example/{j}.png": png(10 + j, 20) for j in range(3)}
     fetch = FakeFetch(images)
     pages = [{"url": url, "id": f"id-{j}"} for j, url in enumerate(images)]
-    req = load(native([{"ref": "S1", "pages": pages}]), tmp_path, fetch=fetch)
+    req = load(native([{"ref": "S1", "pages": pages}]), tmp_path, fetch=fetch, settings=PASS)
     got = [(p.image_id, p.width, p.height, p.location) for p in req.students[0].pages]
     assert got == [(f"id-{j}", 10 + j, 20, url) for j, url in enumerate(images)]
+
+
+@pytest.mark.parametrize("n_pages", [1, 7], ids=["inline", "thread-pool"])
+def test_url_pages_are_fetched_and_normalised(tmp_path: Path, n_pages: int) -> None:
+    images = {f"https://bucket.example/{j}.png?X-Amz-Signature=s{j}": png(10 + j, 20)
+              for j in range(n_pages)}
+    fetch = FakeFetch(images)
+    pages = [{"url": url, "id": f"id-{j}", "width": 5000, "height": 5000}
+             for j, url in enumerate(images)]
+    req = load(native([{"ref": "S1", "pages": pages}]), tmp_path, fetch=fetch)
+    got = [(p.image_id, p.source, p.width, p.height) for p in req.students[0].pages]
+    # the declared size is not trusted: the page is what was downloaded
+    assert got == [(f"id-{j}", "url", 10 + j, 20) for j in range(n_pages)]
+    assert all("Signature" not in p.location and p.digest for p in req.students[0].pages)
     assert sorted(fetch.calls) == sorted(images)  # each URL fetched exactly once
 
 
-def test_url_page_without_size_and_no_fetch(tmp_path: Path) -> None:
-    body = native([{"ref": "S1", "pages": [{"url": "https://bucket.example/a.png", "id": "a"}]}])
-    message = image_error(body, tmp_path, fetch=None)
-    assert "students[0].pages[0].url" in message and "fetching is disabled" in message
+def test_failed_fetch_fails_only_that_student(tmp_path: Path) -> None:
+    fetch = FakeFetch({"https://bucket.example/a.png?sig=1": png(),
+                       "https://bucket.example/c.png?sig=3": png()})
+    body = native([
+        {"ref": "S1", "pages": [{"url": "https://bucket.example/a.png?sig=1", "id": "a"}]},
+        {"ref": "S2", "pages": [{"url": "https://bucket.example/a.png?sig=1", "id": "a2"},
+                                {"url": "https://bucket.example/gone.png?sig=2", "id": "b"}]},
+        {"ref": "S3", "pages": [{"url": "https://bucket.example/c.png?sig=3", "id": "c"}]},
+    ])
+    req = load(body, tmp_path, fetch=fetch)
+    s1, s2, s3 = req.students
+    assert s1.intake_failure is None and s3.intake_failure is None
+    failure = s2.intake_failure
+    assert failure is not None and s2.pages == ()
+    assert failure.error_type == "PageFetchError"
+    assert failure.reason == "page b: could not be fetched: HTTP 404 (host bucket.example)"
+    assert s2.image_ids == ["a2", "b"]
+    assert [s.ref for s in req.gradable_students] == ["S1", "S3"]
 
 
-def test_failed_fetch_names_the_page(tmp_path: Path) -> None:
+def test_fetched_bytes_that_are_not_an_image_fail_that_student(tmp_path: Path) -> None:
+    fetch = FakeFetch({"https://bucket.example/a.png": b"<html>AccessDenied</html>",
+                       "https://bucket.example/b.png": png()})
+    body = native([{"ref": "S1", "pages": [{"url": "https://bucket.example/a.png", "id": "a"}]},
+                   {"ref": "S2", "pages": [{"url": "https://bucket.example/b.png", "id": "b"}]}])
+    [s1, s2] = load(body, tmp_path, fetch=fetch).students
+    assert s1.intake_failure is not None and s2.intake_failure is None
+    assert "page a (downloaded from host bucket.example): an HTML page" in s1.intake_failure.reason
+
+
+def test_model_answer_that_cannot_be_fetched_fails_the_request(tmp_path: Path) -> None:
     fetch = FakeFetch({"https://bucket.example/a.png": png()})
-    body = native([{"ref": "S1", "pages": [
-        {"url": "https://bucket.example/a.png", "id": "a"},
-        {"url": "https://bucket.example/gone.png", "id": "b"},
-    ]}])
+    body = native([{"ref": "S1", "pages": [{"url": "https://bucket.example/a.png", "id": "a"}]}],
+                  model_answer_pages=[{"url": "https://bucket.example/key.png?sig=k", "id": "k"}])
     message = image_error(body, tmp_path, fetch=fetch)
-    assert "students[0].pages[1].url: HTTP 404 for https://bucket.example/gone.png" in message
-    assert "pages[0]" not in message
-
-
-def test_fetched_bytes_that_are_not_an_image(tmp_path: Path) -> None:
-    fetch = FakeFetch({"https://bucket.example/a.png": b"<html>AccessDenied</html>"})
-    body = native([{"ref": "S1", "pages": [{"url": "https://bucket.example/a.png", "id": "a"}]}])
-    message = image_error(body, tmp_path, fetch=fetch)
-    assert "students[0].pages[0].url" in message and "not a readable image" in message
+    assert "page k: could not be fetched: HTTP 404 (host bucket.example)" in message
+    assert "sig=" not in message
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -351,8 +393,6 @@ def test_legacy_request_becomes_students_grouped_by_pages_per_student(tmp_path: 
                                                    ["1021", "1022"]]
     assert all(isinstance(i, str) for s in req.students for i in s.image_ids)
     first = req.students[0].pages
-    assert [p.location for p in first] == ["https://s3.example/0/1.png",
-                                           "https://s3.example/0/2.png"]
     assert [(p.width, p.height) for p in first] == [(101, 200), (102, 200)]
     assert req.source_format == "legacy"
     assert req.legacy is not None
@@ -391,8 +431,17 @@ def test_legacy_unreachable_image_names_student_and_page(tmp_path: Path) -> None
     body = legacy(2, 2)
     fetch = legacy_fetch(body)
     del fetch.images["https://s3.example/1/2.png"]
-    message = image_error(body, tmp_path, fetch=fetch)
-    assert "students[1].pages[1].url" in message
+    students = load(body, tmp_path, fetch=fetch).students
+    assert students[0].intake_failure is None
+    failure = students[1].intake_failure
+    assert failure is not None and failure.reason.startswith("page 1012: could not be fetched")
+
+
+def test_legacy_aws_path_gets_the_url_checks(tmp_path: Path) -> None:
+    body = legacy(1, 1)
+    body["images"][0]["aws_path"] = "file:///etc/passwd"
+    message = image_error(body, tmp_path, fetch=no_fetch)
+    assert "students[0].pages[0].url: URL scheme 'file' is not allowed" in message
 
 
 def test_loading_a_legacy_request_twice_gives_the_same_process(tmp_path: Path) -> None:

@@ -251,9 +251,11 @@ def test_url_must_be_http() -> None:
     assert problem == "students[0].pages[0]: url must be http(s)"
 
 
-def test_data_uri_must_be_an_image() -> None:
+def test_data_uri_must_be_an_image_or_a_pdf() -> None:
     [problem] = problems_of(student_pages({"data_uri": "data:text/plain;base64,AAAA"}))
-    assert problem == "students[0].pages[0]: data_uri must start with data:image/"
+    assert problem == ("students[0].pages[0]: data_uri: data URI is labelled 'text/plain'; qbq "
+                       "reads images and PDFs (data:image/...;base64, or data:application/pdf;"
+                       "base64,)")
 
 
 @pytest.mark.parametrize("size", [{"width": 100}, {"height": 100}])
@@ -292,7 +294,10 @@ def test_unknown_field_is_refused_with_its_location() -> None:
 
 def test_missing_fields_are_named() -> None:
     problems = problems_of({"assessment_id": "x", "model": "gpt-4o"})
-    assert problems == ["questions: Field required", "students: Field required"]
+    assert problems == ["questions: Field required"]
+    body = native()
+    del body["students"]
+    assert problems_of(body) == ["students: no students to grade"]
 
 
 def test_empty_ref_is_refused() -> None:
@@ -314,3 +319,88 @@ def test_all_problems_are_reported_at_once() -> None:
         "students: duplicate ref 'S1' at positions [0, 1]",
         "students[2].pages: student 'S3' has no pages",
     ]
+
+
+# --- class scans, data URI shapes, inline size ----------------------------------------------------
+
+
+def class_scan(**scan: Any) -> dict[str, Any]:
+    body = native()
+    del body["students"]
+    body["class_scan"] = {"path": "class.pdf", "pages_per_student": 2, **scan}
+    return body
+
+
+def test_class_scan_parses_instead_of_students() -> None:
+    req = parse_request(class_scan(refs=["A", "B"]))
+    assert isinstance(req, NativeRequest) and req.students == []
+    assert req.class_scan is not None
+    assert (req.class_scan.path, req.class_scan.pages_per_student, req.class_scan.refs) == (
+        "class.pdf", 2, ["A", "B"])
+
+
+@pytest.mark.parametrize(
+    ("scan", "problem"),
+    [
+        ({"url": "https://x/c.pdf"}, "class_scan: class_scan needs exactly one of path, url or "
+                                     "data_uri"),
+        ({"pages_per_student": 0}, "class_scan.pages_per_student: Input should be greater than 0"),
+        ({"refs": []}, "class_scan: refs: give at least one ref, or null for S001, S002, ..."),
+        ({"refs": ["A", "B", "A"]}, "class_scan: refs: duplicate refs ['A']"),
+    ],
+    ids=["two-sources", "zero-pages", "empty-refs", "duplicate-refs"],
+)
+def test_bad_class_scan_is_refused(scan: dict[str, Any], problem: str) -> None:
+    assert problems_of(class_scan(**scan)) == [problem]
+
+
+def test_class_scan_and_students_together_are_refused() -> None:
+    body = class_scan()
+    body["students"] = native()["students"]
+    assert problems_of(body) == ["class_scan: give students or class_scan, not both"]
+
+
+PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGP4DwABAQEAG7buVgAAAABJRU5ErkJggg=="
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        (f"data:image/png,{PNG_B64}", "data_uri: data URI header 'data:image/png' has no ';base64' "
+         "marker (its data looks like base64): qbq reads base64 data URIs only - write "
+         "'data:image/png;base64,' before the base64"),
+        (PNG_B64, "data_uri: not a data URI: it has no 'data:' prefix; the text looks like raw "
+         "base64 of a PNG file - send it as 'data:image/png;base64,' followed by the base64"),
+        ("hello", "data_uri: not a data URI: it must start with 'data:<type>;base64,' "
+         "(e.g. data:image/png;base64,)"),
+    ],
+    ids=["no-base64-flag", "raw-base64", "not-a-uri"],
+)
+def test_data_uri_shape_problems_say_exactly_what_is_wrong(uri: str, problem: str) -> None:
+    assert problems_of(student_pages({"data_uri": uri})) == [f"students[0].pages[0]: {problem}"]
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"data:image/png;base64,{PNG_B64[:40]}\n{PNG_B64[40:]}",  # wrapped (MIME, 76 columns)
+        f"data:image/png;base64, {PNG_B64}",  # a space after the comma
+        "data:image/png;base64," + PNG_B64.replace("+", "-").replace("/", "_").rstrip("="),
+        f"DATA:image/png;charset=binary;BASE64,{PNG_B64}",
+    ],
+    ids=["wrapped", "space", "urlsafe-unpadded", "parameters-and-case"],
+)
+def test_data_uri_forms_that_are_accepted(uri: str) -> None:
+    assert isinstance(parse_request(student_pages({"data_uri": uri})), NativeRequest)
+
+
+def test_inline_request_size_is_checked_against_prefects_limit() -> None:
+    from qbq.request import PREFECT_MAX_PARAMETER_BYTES, inline_request_problem
+
+    small = native()
+    assert inline_request_problem(small) is None
+    big = native(instructions="x" * PREFECT_MAX_PARAMETER_BYTES)
+    problem = inline_request_problem(big)
+    assert problem is not None
+    assert "over the 524,288 bytes Prefect accepts" in problem
+    assert "request_path" in problem and "URLs instead of data URIs" in problem
