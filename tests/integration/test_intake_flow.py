@@ -57,9 +57,9 @@ def test_class_pdf_is_split_and_graded_with_every_mark_right(
     body["class_scan"] = {"path": "class-scan.pdf", "pages_per_student": 2}
     (folder / "class.json").write_text(json.dumps(body))
 
-    summary = grade_assessment(request_path=str(folder / "class.json"))
+    result = grade_assessment(request_path=str(folder / "class.json"))
 
-    assert summary["status"] == "success" and summary["graded"] == 5
+    assert result.status == "success" and result.summary.graded == 5
     payload = received(receiver)["payloads"][0]["payload"]
     assert _marks(payload) == truth  # S001.. in scan order, every mark through the QR
     assert [len(s["image_ids"]) for s in payload["students"]] == [2] * 5
@@ -91,9 +91,9 @@ def test_a_class_in_every_format_is_graded_with_every_mark_right(
         student["pages"] = [page]
     (folder / "mixed.json").write_text(json.dumps(body))
 
-    summary = grade_assessment(request_path=str(folder / "mixed.json"))
+    result = grade_assessment(request_path=str(folder / "mixed.json"))
 
-    assert summary["status"] == "success" and summary["graded"] == 6
+    assert result.status == "success" and result.summary.graded == 6
     assert _marks(received(receiver)["payloads"][0]["payload"]) == truth
     assert sim_stats()["by_status"].get("400") is None
 
@@ -113,9 +113,9 @@ def test_an_expired_url_fails_only_its_student_and_no_signed_query_is_kept(
                                 f"Credential=CRED", "id": Path(name).stem + f"-{i}"})
     (root / "urls.json").write_text(json.dumps(body))
 
-    summary = grade_assessment(request_path=str(root / "urls.json"))
+    result = grade_assessment(request_path=str(root / "urls.json"))
 
-    assert summary["graded"] == 3 and summary["failed"] == 1
+    assert result.summary.graded == 3 and result.summary.failed == 1
     assert sim_stats()["requests"] >= 1
     payload = received(receiver)["payloads"][0]["payload"]
     assert _marks(payload) == {ref: m for ref, m in truth.items() if ref != "S003"}
@@ -126,9 +126,9 @@ def test_an_expired_url_fails_only_its_student_and_no_signed_query_is_kept(
     store = Store(grading_env)
     with store.transaction() as session:
         rows = [f"{b.error_detail} {b.result}" for b in
-                queries.process_batches(session, summary["process_id"])]
+                queries.process_batches(session, result.process_id)]
     store.dispose()
-    everything = json.dumps(payload) + json.dumps(summary) + "".join(rows)
+    everything = json.dumps(payload) + result.summary.model_dump_json() + "".join(rows)
     assert "SIG" not in everything and "X-Amz" not in everything and "CRED" not in everything
 
 
@@ -142,9 +142,9 @@ def test_a_class_whose_every_page_url_fails_ends_failed_with_every_student_liste
                                                      "id": f"p{i}"}]} for i in range(3)]}
     (tmp_path / "gone.json").write_text(json.dumps(body))
 
-    summary = grade_assessment(request_path=str(tmp_path / "gone.json"))
+    result = grade_assessment(request_path=str(tmp_path / "gone.json"))
 
-    assert summary["status"] == "failed" and summary["failed"] == 3 and summary["batches"] == 0
+    assert result.status == "failed" and result.summary.failed == 3 and result.summary.batches == 0
     assert sim_stats()["requests"] == 0  # nothing was sent to the model
     payload = received(receiver)["payloads"][0]["payload"]
     assert [(f["ref"], f["error_type"]) for f in payload["failures"]] == [
