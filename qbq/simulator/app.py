@@ -1,11 +1,12 @@
-"""The simulator's FastAPI app: OpenAI's chat completions, answered by a fake examiner.
+"""The simulator's FastAPI app: OpenAI's chat completions, files and batches, answered by a fake
+examiner.
 
 A chat request passes through `SimState.stages` (see `qbq.simulator.stages`), any of which may
 stop it with a `SimAPIError`: the checks OpenAI makes, then the fault draw, flex capacity and
 the provider's rate limits. An accepted request is then answered after the simulated latency,
 spoiled by its fault if it drew one; reasoning models spend hidden reasoning tokens
 (`qbq.simulator.reasoning`) and repeated prompt prefixes are served from the emulated prompt
-cache (`qbq.simulator.caching`).
+cache (`qbq.simulator.caching`). The Batch API lives in `qbq.simulator.batches`.
 
 Time: the simulator keeps simulated time, `time_scale` times faster than wall time. Buckets
 refill, latencies, cache retention and batches run in simulated time; `retry-after` and
@@ -19,12 +20,13 @@ went away before the answer (the simulator stops waiting for it then).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -33,6 +35,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qbq.catalog import MODELS, ModelSpec
+from qbq.simulator.batches import BatchService
 from qbq.simulator.call import ChatCall, Stage
 from qbq.simulator.config import SimConfig
 from qbq.simulator.faults import CONTENT_FAULTS, FAULT_KINDS, STATUS_FAULTS, spoil_reply
@@ -221,14 +224,25 @@ def _public_config(config: SimConfig) -> dict[str, Any]:
 
 
 def create_app(config: SimConfig, *, models: Mapping[str, ModelSpec] | None = None) -> FastAPI:
-    """A fresh simulator app; its `SimState` is `app.state.sim`.
+    """A fresh simulator app; its `SimState` is `app.state.sim`, its Batch API `app.state.batches`.
 
     `models` adds model specs to (or replaces specs of) the catalogue, e.g. a reasoning spec
     for tests while the catalogue marks no model as reasoning.
     """
     state = SimState(config, list(DEFAULT_STAGES), models)
-    app = FastAPI(title="qbq OpenAI simulator", docs_url=None, redoc_url=None, openapi_url=None)
+    batches = BatchService(state, complete)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await batches.shutdown()
+
+    app = FastAPI(
+        title="qbq OpenAI simulator", docs_url=None, redoc_url=None, openapi_url=None,
+        lifespan=lifespan,
+    )
     app.state.sim = state
+    app.state.batches = batches
     app.add_middleware(LabelSimulated)
 
     @app.exception_handler(StarletteHTTPException)
@@ -283,6 +297,8 @@ def create_app(config: SimConfig, *, models: Mapping[str, ModelSpec] | None = No
             for name in sorted({*MODELS, *state.models})
         ]
         return JSONResponse({"object": "list", "data": data})
+
+    batches.register(app)
 
     @app.get("/_sim/stats")
     async def stats() -> dict[str, Any]:
