@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qbq.catalog import MODELS, ModelSpec
+from qbq.simulator.batch_routes import register_batch_routes
 from qbq.simulator.batches import BatchService
 from qbq.simulator.call import ChatCall, Stage
 from qbq.simulator.config import SimConfig
@@ -298,7 +299,7 @@ def create_app(config: SimConfig, *, models: Mapping[str, ModelSpec] | None = No
         ]
         return JSONResponse({"object": "list", "data": data})
 
-    batches.register(app)
+    register_batch_routes(app, batches)
 
     @app.get("/_sim/stats")
     async def stats() -> dict[str, Any]:

@@ -35,12 +35,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 
 from qbq.errors import UnknownModelError
 from qbq.simulator.batch_input import BatchLine, parse_batch_input
@@ -48,12 +45,12 @@ from qbq.simulator.call import ChatCall
 from qbq.simulator.faults import CONTENT_FAULTS, STATUS_FAULTS
 from qbq.simulator.files import FileStore, StoredFile
 from qbq.simulator.limits import ORGANIZATION
-from qbq.simulator.replies import error_response, status_error
-from qbq.simulator.stages import LINE_STAGES, authenticate
+from qbq.simulator.replies import status_error
+from qbq.simulator.stages import LINE_STAGES
 from qbq.simulator.state import SimState
 from qbq.simulator.validation import SimAPIError
 
-__all__ = ["BATCH_ENDPOINTS", "BatchJob", "BatchService"]
+__all__ = ["BATCH_ENDPOINTS", "BatchJob", "BatchService", "bad_request"]
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +134,8 @@ class BatchJob:
         }
 
 
-def _bad(message: str, param: str | None = None, code: str | None = None) -> SimAPIError:
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> SimAPIError:
+    """A 400 `invalid_request_error` in OpenAI's envelope."""
     return SimAPIError(400, message, param=param, code=code)
 
 
@@ -145,9 +143,9 @@ def _check_metadata(metadata: Any) -> dict[str, str] | None:
     if metadata is None:
         return None
     if not isinstance(metadata, dict):
-        raise _bad("Invalid type for 'metadata': expected an object.", "metadata", "invalid_type")
+        raise bad_request("Invalid type for 'metadata': expected an object.", "metadata", "invalid_type")
     if len(metadata) > _METADATA_PAIRS:
-        raise _bad(
+        raise bad_request(
             f"Invalid 'metadata': too many properties. Expected an object with at most "
             f"{_METADATA_PAIRS} properties, but got an object with {len(metadata)} properties "
             "instead.",
@@ -156,16 +154,19 @@ def _check_metadata(metadata: Any) -> dict[str, str] | None:
         )
     for key, value in metadata.items():
         if len(key) > _METADATA_KEY:
-            raise _bad(f"Invalid 'metadata': key '{key}' is longer than {_METADATA_KEY} characters.",
+            raise bad_request(f"Invalid 'metadata': key '{key}' is longer than {_METADATA_KEY} characters.",
                        "metadata", "invalid_value")
         if not isinstance(value, str) or len(value) > _METADATA_VALUE:
-            raise _bad(f"Invalid 'metadata.{key}': expected a string of at most {_METADATA_VALUE} "
+            raise bad_request(f"Invalid 'metadata.{key}': expected a string of at most {_METADATA_VALUE} "
                        "characters.", f"metadata.{key}", "invalid_value")
     return dict(metadata)
 
 
 class BatchService:
-    """The Files and Batches endpoints of one simulator app, and the tasks running its batches."""
+    """The files and batches of one simulator app, and the tasks running its batches.
+
+    Its HTTP endpoints are in `qbq.simulator.batch_routes`.
+    """
 
     def __init__(self, state: SimState, complete: Complete) -> None:
         self.state = state
@@ -195,22 +196,24 @@ class BatchService:
         """A new batch from a `POST /v1/batches` body (400/404 as OpenAI for a bad one)."""
         for param in ("input_file_id", "endpoint", "completion_window"):
             if body.get(param) is None:
-                raise _bad(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+                raise bad_request(
+                    f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
+                )
         endpoint = body["endpoint"]
         if endpoint not in BATCH_ENDPOINTS:
             allowed = ", ".join(f"'{e}'" for e in BATCH_ENDPOINTS)
-            raise _bad(f"Invalid value: '{endpoint}'. Supported values are: {allowed}.", "endpoint",
+            raise bad_request(f"Invalid value: '{endpoint}'. Supported values are: {allowed}.", "endpoint",
                        "invalid_value")
         if endpoint != "/v1/chat/completions":
-            raise _bad(f"The qbq simulator runs only /v1/chat/completions batches, not {endpoint}.",
+            raise bad_request(f"The qbq simulator runs only /v1/chat/completions batches, not {endpoint}.",
                        "endpoint", "unsupported_value")
         if body["completion_window"] != "24h":
-            raise _bad(f"Invalid value: '{body['completion_window']}'. Supported values are: '24h'.",
+            raise bad_request(f"Invalid value: '{body['completion_window']}'. Supported values are: '24h'.",
                        "completion_window", "invalid_value")
         metadata = _check_metadata(body.get("metadata"))
         source = self.files.get(str(body["input_file_id"]), owner)
         if source.purpose != "batch":
-            raise _bad(f"The file {source.id} has purpose '{source.purpose}'; a batch's input file "
+            raise bad_request(f"The file {source.id} has purpose '{source.purpose}'; a batch's input file "
                        "must be uploaded with purpose 'batch'.", "input_file_id", "invalid_value")
         now = int(time.time())
         job = BatchJob(
@@ -243,7 +246,7 @@ class BatchService:
         if job.status in ("cancelling", "cancelled"):
             return job
         if job.status not in ("validating", "in_progress"):
-            raise _bad(f"Cannot cancel a batch with status '{job.status}'.", "batch_id")
+            raise bad_request(f"Cannot cancel a batch with status '{job.status}'.", "batch_id")
         job.stamp("cancelling")
         job.cancel.set()
         return job
@@ -444,76 +447,3 @@ class BatchService:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    # --- HTTP -------------------------------------------------------------------------------
-
-    def register(self, app: FastAPI) -> None:
-        """Add the Files and Batches routes to `app`."""
-
-        async def owner_of(request: Request) -> str:
-            call = ChatCall(request=request, config=self.state.config)
-            await authenticate(call)
-            return call.api_key
-
-        async def json_body(request: Request) -> dict[str, Any]:
-            try:
-                body = json.loads(await request.body())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                body = None
-            if not isinstance(body, dict):
-                raise _bad("We could not parse the JSON body of your request.")
-            return body
-
-        Handler = Callable[[Request, str], Awaitable[Response]]
-
-        def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-            async def run(request: Request) -> Response:
-                try:
-                    return await handler(request, await owner_of(request))
-                except SimAPIError as exc:
-                    return error_response(exc, {})
-            return run
-
-        async def upload(request: Request, owner: str) -> Response:
-            stored = self.files.upload(request.headers.get("content-type", ""), await request.body(), owner)
-            return JSONResponse(stored.to_object())
-
-        async def list_files(request: Request, owner: str) -> Response:
-            return JSONResponse(self.files.listing(owner, request.query_params.get("purpose")))
-
-        async def get_file(request: Request, owner: str) -> Response:
-            return JSONResponse(self.files.get(request.path_params["file_id"], owner).to_object())
-
-        async def file_content(request: Request, owner: str) -> Response:
-            stored = self.files.get(request.path_params["file_id"], owner)
-            return Response(stored.data, media_type="application/octet-stream")
-
-        async def delete_file(request: Request, owner: str) -> Response:
-            return JSONResponse(self.files.delete(request.path_params["file_id"], owner))
-
-        async def create_batch(request: Request, owner: str) -> Response:
-            return JSONResponse(self.create(await json_body(request), owner).to_object())
-
-        async def list_batches(request: Request, owner: str) -> Response:
-            raw = request.query_params.get("limit", "20")
-            limit = int(raw) if raw.isdigit() else 0
-            if not 1 <= limit <= 100:
-                raise _bad(f"Invalid 'limit': expected an integer between 1 and 100, got {raw!r}.",
-                           "limit", "invalid_value")
-            return JSONResponse(self.listing(owner, request.query_params.get("after"), limit))
-
-        async def get_batch(request: Request, owner: str) -> Response:
-            return JSONResponse(self.get(request.path_params["batch_id"], owner).to_object())
-
-        async def cancel_batch(request: Request, owner: str) -> Response:
-            return JSONResponse(self.cancel(request.path_params["batch_id"], owner).to_object())
-
-        app.add_api_route("/v1/files", guarded(upload), methods=["POST"])
-        app.add_api_route("/v1/files", guarded(list_files), methods=["GET"])
-        app.add_api_route("/v1/files/{file_id}", guarded(get_file), methods=["GET"])
-        app.add_api_route("/v1/files/{file_id}", guarded(delete_file), methods=["DELETE"])
-        app.add_api_route("/v1/files/{file_id}/content", guarded(file_content), methods=["GET"])
-        app.add_api_route("/v1/batches", guarded(create_batch), methods=["POST"])
-        app.add_api_route("/v1/batches", guarded(list_batches), methods=["GET"])
-        app.add_api_route("/v1/batches/{batch_id}", guarded(get_batch), methods=["GET"])
-        app.add_api_route("/v1/batches/{batch_id}/cancel", guarded(cancel_batch), methods=["POST"])
