@@ -235,6 +235,7 @@ class BatchService:
         return job
 
     def get(self, batch_id: str, owner: str) -> BatchJob:
+        """The batch `batch_id` of `owner`; 404 otherwise."""
         job = self._jobs.get(batch_id)
         if job is None or job.owner != owner:
             raise SimAPIError(404, f"No batch found with id '{batch_id}'.", param="batch_id")
@@ -252,6 +253,7 @@ class BatchService:
         return job
 
     def listing(self, owner: str, after: str | None, limit: int) -> dict[str, Any]:
+        """`GET /v1/batches`: the owner's batches newest first, `limit` after the id `after`."""
         mine = [j for j in self._jobs.values() if j.owner == owner]
         mine.sort(key=lambda j: (j.created_sim, j.id), reverse=True)
         if after is not None:

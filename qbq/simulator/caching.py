@@ -195,6 +195,7 @@ class PromptCache:
         self._max = max_entries
 
     def clear(self) -> None:
+        """Forget every cached prefix."""
         with self._lock:
             self._entries.clear()
 

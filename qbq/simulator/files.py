@@ -199,12 +199,14 @@ class FileStore:
         return stored
 
     def delete(self, file_id: str, owner: str) -> dict[str, Any]:
+        """Remove a file; the API's deletion object `{id, object: "file", deleted: true}`."""
         self.get(file_id, owner)
         with self._lock:
             self._files.pop(file_id, None)
         return {"id": file_id, "object": "file", "deleted": True}
 
     def listing(self, owner: str, purpose: str | None) -> dict[str, Any]:
+        """`GET /v1/files`: the owner's files (of `purpose`, if given), newest first."""
         with self._lock:
             mine = [f for f in self._files.values() if f.owner == owner]
         chosen = [f for f in mine if purpose is None or f.purpose == purpose]

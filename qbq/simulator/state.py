@@ -106,6 +106,7 @@ class SimState:
                 self._batch_tokens[name] += count
 
     def snapshot(self) -> dict[str, Any]:
+        """`GET /_sim/stats`: counters (see the class docstring), limits, faults, timeline."""
         with self._lock:
             return {
                 "simulated": True,
@@ -157,10 +158,12 @@ class SimState:
     # --- the life of a chat request ---------------------------------------------------------
 
     def draw_fault(self) -> tuple[Fault | None, str | None]:
+        """The fault of the next chat request and the script entry it came from (see FaultPlan)."""
         with self._lock:
             return self._plan.next()
 
     def draw_batch_fault(self) -> Fault | None:
+        """The fault of the next batch line, drawn at the `batch_faults` rates."""
         with self._lock:
             return self._batch_plan.next()[0]
 
