@@ -221,12 +221,16 @@ def simulate(
     time_scale: Annotated[float | None, typer.Option(
         help="Simulated time runs this many times faster than wall time.")] = None,
     fault: Annotated[list[str] | None, typer.Option(
-        help="KIND=RATE, repeatable: http500 http502 http503 timeout disconnect rate_limit "
-             "not_json schema_break rule_break truncate refusal.")] = None,
+        help="KIND=RATE, repeatable: http500 http502 http503 http408 http409 timeout disconnect "
+             "rate_limit rate_limit_no_headers insufficient_quota not_json schema_break "
+             "rule_break truncate refusal.")] = None,
     fault_script: Annotated[str | None, typer.Option(
         help="Faults for the first requests in order, e.g. 'http500,ok,truncate'.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for faults and jitter.")] = None,
     hang_s: Annotated[float | None, typer.Option(help="How long a 'timeout' fault hangs.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help=(
+        "NAME=VALUE, repeatable: any QBQ_SIM_* setting, e.g. reasoning_tokens=medium=2000, "
+        "batch_completion_s=600, flex_unavailable_rate=0.1, prompt_cache_ttl_s=600."))] = None,
 ) -> None:
     """Run the OpenAI-compatible simulator (a test and demo device: its grades are simulated)."""
     from qbq.simulator import sim_config_from_cli
@@ -236,7 +240,7 @@ def simulate(
         config = sim_config_from_cli(
             rpm=rpm, tpm=tpm, latency_ms=latency_ms, ms_per_output_token=ms_per_output_token,
             jitter=jitter, time_scale=time_scale, faults=fault or [], fault_script=fault_script,
-            seed=seed, hang_s=hang_s)
+            seed=seed, hang_s=hang_s, settings=set_ or [])
     except ValueError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(EXIT_INVALID) from exc

@@ -1,10 +1,12 @@
-"""An OpenAI-compatible chat completions simulator for tests and demos; its output is simulated."""
+"""An OpenAI-compatible simulator for tests and demos (chat completions, prompt caching,
+reasoning, flex and the Batch API); its output is simulated."""
 
-from qbq.simulator.app import SimState, create_app
+from qbq.simulator.app import create_app
 from qbq.simulator.config import SimConfig, sim_config_from_cli
 from qbq.simulator.faults import FAULT_KINDS
 from qbq.simulator.grading import simulated_mark
 from qbq.simulator.server import BackgroundServer, serve
+from qbq.simulator.state import SimState
 
 __all__ = [
     "FAULT_KINDS",

@@ -9,6 +9,15 @@ intact still follow the ground truth.
 `schema_break` and `rule_break` come in variants; a variant may be pinned by writing
 `KIND:VARIANT` (e.g. `rule_break:mark_above_max`), else one is picked from a hash of the
 request and the seed, so the same request always gets the same variant.
+
+The faults OpenAI answers with a status have opt-in variants instead, used only when pinned:
+`rate_limit_no_headers` is a 429 `rate_limit_exceeded` without `retry-after` that still carries
+the `x-ratelimit-*` headers (`:reset_only`, the default), or carries no rate-limit header at
+all (`:bare`; both are seen from OpenAI, see https://github.com/openai/openai-node/issues/1477);
+`http408`, `http409` and the 5xx faults may pin `:should_retry_true` or `:should_retry_false`
+to send the `x-should-retry` header the OpenAI SDKs obey. `insufficient_quota` is OpenAI's 429
+for an account without credit (https://platform.openai.com/docs/guides/error-codes): no
+`retry-after`, no rate-limit headers, and no wait fixes it.
 """
 
 from __future__ import annotations
@@ -23,16 +32,19 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "BATCH_FAULT_KINDS",
     "CONTENT_FAULTS",
     "FAULT_KINDS",
     "FAULT_VARIANTS",
     "OK",
+    "RATE_LIMIT_FAULTS",
     "REFUSAL_TEXT",
     "STATUS_FAULTS",
     "Fault",
     "FaultPlan",
     "SpoiledReply",
     "check_fault_name",
+    "parse_batch_fault_rates",
     "parse_fault_rates",
     "parse_fault_script",
     "spoil_reply",
@@ -51,11 +63,20 @@ FAULT_KINDS: tuple[str, ...] = (
     "rule_break",
     "truncate",
     "refusal",
+    "http408",
+    "http409",
+    "insufficient_quota",
+    "rate_limit_no_headers",
 )
 #: The script entry meaning "no fault for this request".
 OK = "ok"
 #: Faults answered with an HTTP error status instead of a completion.
-STATUS_FAULTS: dict[str, int] = {"http500": 500, "http502": 502, "http503": 503}
+STATUS_FAULTS: dict[str, int] = {
+    "http500": 500, "http502": 502, "http503": 503, "http408": 408, "http409": 409,
+}
+#: Faults answered with a 429 before the rate limits are charged.
+RATE_LIMIT_FAULTS: tuple[str, ...] = ("rate_limit", "rate_limit_no_headers", "insufficient_quota")
+_SHOULD_RETRY = ("should_retry_true", "should_retry_false")
 #: Faults that answer 200 with a spoiled completion.
 CONTENT_FAULTS: tuple[str, ...] = ("not_json", "schema_break", "rule_break", "truncate", "refusal")
 FAULT_VARIANTS: dict[str, tuple[str, ...]] = {
@@ -67,6 +88,8 @@ FAULT_VARIANTS: dict[str, tuple[str, ...]] = {
         "question_twice",
         "mark_above_max",
     ),
+    "rate_limit_no_headers": ("reset_only", "bare"),
+    **{kind: _SHOULD_RETRY for kind in ("http500", "http502", "http503", "http408", "http409")},
 }
 REFUSAL_TEXT = "I can't help with grading this content."
 NOT_JSON_TEXT = (
@@ -148,6 +171,24 @@ def parse_fault_rates(value: Any) -> dict[str, float]:
     total = sum(rates.values())
     if total > 1.0 + 1e-9:
         raise ValueError(f"fault rates add up to {total:g}; together they may be at most 1")
+    return rates
+
+
+#: Faults a line of a batch may draw: a 5xx (an error-file line), `timeout` (an error-file line
+#: with error code `request_timeout`) or a content fault (a spoiled 200 in the output file).
+BATCH_FAULT_KINDS: tuple[str, ...] = ("http500", "http502", "http503", "timeout", *CONTENT_FAULTS)
+
+
+def parse_batch_fault_rates(value: Any) -> dict[str, float]:
+    """Fault rates for batch lines (see `parse_fault_rates`), limited to BATCH_FAULT_KINDS."""
+    rates = parse_fault_rates(value)
+    for name in rates:
+        kind = name.partition(":")[0]
+        if kind not in BATCH_FAULT_KINDS:
+            raise ValueError(
+                f"fault {kind!r} cannot happen to a batch line; batch faults: "
+                + ", ".join(BATCH_FAULT_KINDS)
+            )
     return rates
 
 

@@ -1,4 +1,8 @@
-"""OpenAI-style rate limits: per API key, a requests bucket and a tokens bucket per minute.
+"""The provider's rate limits, as OpenAI keeps them: per API key, a requests bucket and a
+tokens bucket per minute (https://platform.openai.com/docs/guides/rate-limits).
+
+These are the provider's buckets that qbq's own limiter (`qbq.limiter`) must stay within; the
+two are deliberately separate implementations.
 
 Each bucket holds at most its per-minute limit and refills continuously at limit/60 per
 simulated second. A request is charged one request and its prompt tokens plus its completion
@@ -21,7 +25,8 @@ __all__ = [
     "Bucket",
     "LimitState",
     "Outcome",
-    "RateLimiter",
+    "ProviderBuckets",
+    "insufficient_quota_error",
     "openai_duration",
     "rate_limit_error",
     "rate_limit_headers",
@@ -115,8 +120,8 @@ def _state(bucket: Bucket | None) -> LimitState | None:
     return LimitState(int(bucket.capacity), math.floor(bucket.level + 1e-9), bucket.reset_in())
 
 
-class RateLimiter:
-    """Per-key requests and tokens buckets; None as a limit means unlimited.
+class ProviderBuckets:
+    """The provider's per-key requests and tokens buckets; None as a limit means unlimited.
 
     Not thread-safe on its own: the simulator calls it under its state lock.
     """
@@ -246,12 +251,19 @@ def rate_limit_headers(outcome: Outcome, time_scale: float) -> dict[str, str]:
 
 
 def rate_limit_error(
-    outcome: Outcome, model: str, time_scale: float, *, min_wait_s: float = 0.0, injected: bool = False
+    outcome: Outcome,
+    model: str,
+    time_scale: float,
+    *,
+    min_wait_s: float = 0.0,
+    injected: bool = False,
+    retry_after: bool = True,
 ) -> tuple[SimAPIError, dict[str, str]]:
     """OpenAI's 429 for a refused request, and its `retry-after`/`retry-after-ms` headers.
 
     `min_wait_s` (simulated) is a floor on the advertised wait; `injected` marks a 429 made
-    by the fault injector rather than by the limits.
+    by the fault injector rather than by the limits; `retry_after=False` leaves the
+    retry-after headers out (the message still says how long to wait, as OpenAI's does).
     """
     headers: dict[str, str] = {}
     limited = outcome.limited or "requests"
@@ -266,8 +278,9 @@ def rate_limit_error(
         return SimAPIError(429, message, type=limited, code="rate_limit_exceeded"), headers
     wall = max(outcome.wait_s, min_wait_s) / time_scale
     ms = max(1, math.ceil(wall * 1000 - 1e-6))
-    headers["retry-after"] = f"{ms / 1000:.3f}".rstrip("0").rstrip(".")
-    headers["retry-after-ms"] = str(ms)
+    if retry_after:
+        headers["retry-after"] = f"{ms / 1000:.3f}".rstrip("0").rstrip(".")
+        headers["retry-after-ms"] = str(ms)
     usage = (
         f": Limit {outcome.limit}, Used {outcome.used}, Requested {outcome.requested}"
         if outcome.limit is not None
@@ -279,3 +292,19 @@ def rate_limit_error(
         f"Visit {_RATE_LIMITS_URL} to learn more."
     )
     return SimAPIError(429, message, type=limited, code="rate_limit_exceeded"), headers
+
+
+def insufficient_quota_error() -> SimAPIError:
+    """OpenAI's 429 for an account out of credit: no wait helps, so no retry-after.
+
+    https://platform.openai.com/docs/guides/error-codes ("429 - You exceeded your current
+    quota, please check your plan and billing details").
+    """
+    return SimAPIError(
+        429,
+        "You exceeded your current quota, please check your plan and billing details. For more "
+        "information on this error, read the docs: "
+        "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+        type="insufficient_quota",
+        code="insufficient_quota",
+    )
