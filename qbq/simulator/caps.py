@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from PIL import Image, UnidentifiedImageError
 
-from qbq.simulator.images import LoadedImage
+from qbq.simulator.images import UNSUPPORTED_IMAGE_MESSAGE, LoadedImage
 from qbq.simulator.validation import SimAPIError
 
 __all__ = [
@@ -34,10 +34,6 @@ __all__ = [
 MAX_REQUEST_BYTES = 50 * 1024 * 1024
 MAX_IMAGES_PER_REQUEST = 500
 _FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF"})
-UNSUPPORTED_IMAGE_MESSAGE = (
-    "You uploaded an unsupported image. Please make sure your image has of one the following "
-    "formats: ['png', 'jpeg', 'gif', 'webp']."
-)
 
 
 def check_body_size(size: int) -> None:

@@ -31,7 +31,13 @@ from qbq.images import (
 from qbq.images import read_truth as read_truth_chunk
 from qbq.simulator.validation import SimAPIError
 
-__all__ = ["LoadedImage", "load_images", "read_truth"]
+__all__ = ["UNSUPPORTED_IMAGE_MESSAGE", "LoadedImage", "load_images", "read_truth"]
+
+# OpenAI's reply to an image it cannot take, as API users report it (param null).
+UNSUPPORTED_IMAGE_MESSAGE: Final = (
+    "You uploaded an unsupported image. Please make sure your image has of one the following "
+    "formats: ['png', 'jpeg', 'gif', 'webp']."
+)
 
 #: OpenAI's limit on one image.
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -142,23 +148,11 @@ async def _load(
         )
     try:
         info = inspect_image(data, what=param)
-        if info.mime == "image/gif" and _animated(data):
-            raise ImageError(f"{param}: animated GIF")
     except ImageError as exc:
-        raise SimAPIError(
-            400,
-            f"Invalid image: the image at '{param}' could not be decoded. Supported formats "
-            "are png, jpeg, gif (not animated) and webp.",
-            param=param,
-            code="invalid_image_format",
-        ) from exc
+        # OpenAI's reply names no image (param null): a client must bisect to find it.
+        raise SimAPIError(400, UNSUPPORTED_IMAGE_MESSAGE, code="invalid_image_format") from exc
     truth = await asyncio.to_thread(read_truth, data)
     return LoadedImage(data, info.width, info.height, truth)
-
-
-def _animated(data: bytes) -> bool:
-    with Image.open(io.BytesIO(data), formats=["GIF"]) as img:
-        return bool(getattr(img, "n_frames", 1) > 1)
 
 
 async def load_images(parts: Iterable[tuple[str, str]], timeout_s: float) -> dict[str, LoadedImage]:
