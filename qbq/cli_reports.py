@@ -138,6 +138,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
     """Where a process stands: its status, batches by status, delivery, times."""
+    # Long: gathers every part of one process's status in one transaction, then prints it as JSON or a table.
     from qbq.observability.logs import redact
     from qbq.store import queries
     from qbq.store import repository as repo

@@ -29,7 +29,7 @@ def run_demo(out: Path, *, students: int, pages: int, questions: int, batch_size
              console: Console, table: Callable[[NativePayload], Table],
              grade: Callable[[Path], NativePayload]) -> int:
     """Run the demo in a fresh `out` folder; return the exit code (0 when every check holds)."""
-    # One readable script on purpose (start the stand-ins, grade, check, print): a reader of the
+    # Long: one readable script on purpose (start the stand-ins, grade, check, print): a reader of the
     # demo follows it top to bottom.
     if out.exists():
         shutil.rmtree(out)

@@ -402,6 +402,8 @@ def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
     against the model (ConfigurationError naming the setting) and carried on the plan;
     `observed_reasoning_per_student` sizes the reasoning allowance from what a run has seen.
     """
+    # Long: one greedy pass that must check every cap together for each student it adds; the caps themselves
+    # live in helpers.
     spec = request.spec
     effort = spec.validate_reasoning_effort(reasoning_effort or policy.reasoning_effort,
                                             _EFFORT_SETTING)

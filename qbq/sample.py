@@ -137,6 +137,7 @@ def _draw_page(
 ) -> Image.Image:
     """An exam page; `questions` holds (number, max_mark, fraction of the answer written);
     `reserve_bottom` pixels above the bottom margin stay blank (for the truth QR)."""
+    # Long: a page drawn top to bottom, one block per layout element; reads best in order.
     width, height = size
     scale = width / 1240
     img = Image.new("L", size, 255)
@@ -233,6 +234,8 @@ def write_sample(
 
     The request's page paths are relative to `out_dir`; marks are multiples of 0.5.
     """
+    # Long: builds the marks, draws every page and writes the request in one seeded sequence, so a seed
+    # always gives the same files.
     if students < 1 or pages < 1 or questions < 1:
         raise ValueError("students, pages and questions must each be at least 1")
     out_dir = Path(out_dir)
@@ -342,6 +345,7 @@ def write_legacy_sample(
     Images are listed student by student; `page_number` counts pages through the whole scan
     (1-based), so student k's pages are numbers (k-1)*pages+1 .. k*pages.
     """
+    # Long: maps the native sample onto the legacy request shape field by field, as DESIGN.md lists them.
     out_dir = Path(out_dir)
     native_path = write_sample(
         out_dir,

@@ -131,7 +131,7 @@ def _needs_review(student: Mapping[str, Any]) -> bool:
 def compute_metrics(process: ProcessRow, batches: Iterable[BatchRow],
                     attempts: Iterable[BatchAttemptRow]) -> ProcessMetrics:
     """The metrics of one process from its rows (pure)."""
-    # Long only because `ProcessMetrics` has one field per figure; each is one line below.
+    # Long: only because `ProcessMetrics` has one field per figure; each is one line below.
     rows = list(batches)
     errors = Counter(a.error_type for a in attempts)
     graded = review = 0

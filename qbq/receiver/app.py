@@ -120,7 +120,7 @@ def create_app(db_path: str | Path, token: str | None = None) -> FastAPI:
     (`{"refuse_next": N, "status": 503}`: the next N `POST /results` get that status) and
     `GET /healthz`. With a token, every endpoint but `/healthz` needs `Authorization: Bearer`.
     """
-    # The routes are closures over this app's own database and token, so they stay here.
+    # Long: the routes are closures over this app's own database and token, so they stay here.
     store = _Store(Path(db_path))
     faults_lock = threading.Lock()
     faults: dict[str, int] = {"refuse_next": 0, "status": 503}

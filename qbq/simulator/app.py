@@ -94,6 +94,8 @@ def complete(call: ChatCall) -> dict[str, Any]:
     not fit the rest is cut, with finish_reason "length". Cached tokens come from the
     emulated prompt cache, which then holds this prompt's prefix.
     """
+    # Long: follows the order in which OpenAI fills a reply (reasoning, visible output, cut, cache, usage)
+    # in one place.
     spec = call.model
     config = call.config
     prompt = parse_prompt(call.messages)
@@ -230,6 +232,7 @@ def create_app(config: SimConfig, *, models: Mapping[str, ModelSpec] | None = No
     `models` adds model specs to (or replaces specs of) the catalogue, e.g. a reasoning spec
     for tests while the catalogue marks no model as reasoning.
     """
+    # Long: the routes are closures over this app's state and Batch service; FastAPI registers them here.
     state = SimState(config, list(DEFAULT_STAGES), models)
     batches = BatchService(state, complete)
 

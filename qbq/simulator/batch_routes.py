@@ -24,6 +24,7 @@ __all__ = ["register_batch_routes"]
 
 def register_batch_routes(app: FastAPI, service: BatchService) -> None:
     """Add `/v1/files` and `/v1/batches` (with their sub-routes) to `app`, served by `service`."""
+    # Long: the Files and Batch routes are closures over one BatchService; FastAPI registers them here.
 
 
     async def owner_of(request: Request) -> str:

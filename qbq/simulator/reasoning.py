@@ -113,6 +113,7 @@ def check_reasoning_params(body: Mapping[str, Any], spec: ModelSpec) -> str | No
     an empty tuple means every effort of the spec), and refuses `max_tokens` and a
     non-default `temperature` on reasoning models.
     """
+    # Long: one check per parameter OpenAI refuses on reasoning models, each with its own documented message.
     effort = body.get("reasoning_effort")
     if not spec.reasoning:
         if effort is not None:

@@ -311,7 +311,7 @@ def run_chaos(*, kills: int, seed: int = 1, students: int = 9, store: str = "sql
               log: Callable[[str], None] = print) -> ChaosReport:
     """Run episodes until `kills` SIGKILLs have landed; `scenarios` fixes their order (then
     random), so a short run can cover every scenario."""
-    # Long because it owns every server of the run (Prefect, simulator, receiver, databases) and
+    # Long: it owns every server of the run (Prefect, simulator, receiver, databases) and
     # must release them all in one `finally`.
     rng = random.Random(seed)
     started = time.monotonic()
