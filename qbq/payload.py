@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "DELIVERY_HASH_CHARS",
     "LegacyAnswer",
+    "LegacyFailure",
     "LegacyPayload",
     "LegacyStudent",
     "NativePayload",
@@ -103,22 +104,39 @@ class LegacyAnswer(BaseModel):
 
 
 class LegacyStudent(BaseModel):
+    """One graded student, as the replaced system sent it (plus qbq's `ref`, `image_ids` and
+    `needs_review`, which the old platform ignores). `image_ids` keep the request's JSON type:
+    integers for a legacy request."""
+
     model_config = _STRICT
     first_name: str
     last_name: str
-    image_ids: list[str]
+    image_ids: list[int] | list[str]
     answers: list[LegacyAnswer]
     ref: str
-    status: Literal["graded", "failed"]
-    failure_reason: str | None = None
+    needs_review: bool = False
+
+
+class LegacyFailure(BaseModel):
+    """A student that was not graded (an extra list the old platform ignores)."""
+
+    model_config = _STRICT
+    ref: str
+    image_ids: list[int] | list[str]
+    reason: str
+    error_type: str
 
 
 class LegacyPayload(BaseModel):
+    """The replaced system's results shape: `data` holds graded students only (as it did);
+    failed students are in `failures`; `status` follows qbq's coverage policy."""
+
     model_config = _STRICT
     assessment_id: int | str
     assessment_settings_id: int | None
     status: Literal["success", "failed"]
     data: list[LegacyStudent]
+    failures: list[LegacyFailure] = Field(default_factory=list)
     process_id: str
     revision: int = Field(1, ge=1, description="As in the native payload.")
     simulated: bool
