@@ -116,28 +116,42 @@ def review(
     show_feedback: Annotated[bool, typer.Option(help="Also print the model's feedback.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the queue as JSON.")] = False,
 ) -> None:
-    """Answers a person should check: low confidence, blank or unreadable (refs, not names)."""
+    """What a person should check (`qbq.review`): answers with low confidence or unreadable,
+    students flagged as a whole, and every student not graded, with the reason in full (refs,
+    not names)."""
     from qbq.observability.reports import marks_frame, review_frame
+    from qbq.store import repository as repo
 
     store = _store()
     try:
         frame = marks_frame(store, process_id, with_feedback=show_feedback)
     except KeyError:
         raise _unknown(process_id, store) from None
-    queue = review_frame(frame)
+    with store.transaction() as session:
+        process = repo.get_process(session, process_id)
+        stored = (process.summary or {}).get("review") if process is not None else None
     columns = ["ref", "question_number", "mark", "max_mark", "confidence", "status", "reason",
                *(["feedback"] if show_feedback else [])]
-    records = [
-        {c: (None if (v := row[c]) is None or (isinstance(v, float) and v != v) else v)
-         for c in columns}
-        for row in queue.to_dict(orient="records")
-    ]
+    if stored is not None:  # the queue read off the payload when the run finished
+        feedback = ({(r["ref"], r["question_number"]): r["feedback"]
+                     for r in frame.to_dict(orient="records")} if show_feedback else {})
+        records = [{**{c: item.get(c) for c in columns if c != "feedback"},
+                    **({"feedback": feedback.get((item["ref"], item["question_number"]))}
+                       if show_feedback else {})} for item in stored]
+    else:  # a run finished before the queue was stored
+        records = [
+            {c: (None if (v := row[c]) is None or (isinstance(v, float) and v != v) else v)
+             for c in columns}
+            for row in review_frame(frame).to_dict(orient="records")
+        ]
     if as_json:
         _print_json(records)
         return
     table = Table(title=f"review queue of {process_id}: {len(records)} item(s)")
     for c in columns:
-        table.add_column(c.replace("_", " "), overflow="fold")
+        # reasons and feedback wrap at words; a long ref or URL folds rather than being cut
+        table.add_column(c.replace("_", " "), overflow="fold",
+                         ratio=3 if c in ("reason", "feedback") else None)
     for record in records:
         table.add_row(*(_fmt(record[c]) for c in columns))
     console.print(table)

@@ -11,16 +11,19 @@ from typing import Literal
 
 from qbq.delivery import DeliveryReport
 from qbq.domain import GradingRequest
+from qbq.http import safe_url
 from qbq.observability.lifecycle import purge_after_reduce
 from qbq.payload import LegacyPayload, NativePayload, RunSummary, content_hash, delivery_key
 from qbq.planning import BatchPlan
 from qbq.preparation import Prepared
 from qbq.reduce import StoredBatch, reduce_results, to_legacy
+from qbq.review import review_items
 from qbq.settings import GradingPolicy, QbqSettings
 from qbq.store import BatchSpec, Store
 from qbq.store import repository as repo
 
-__all__ = ["Finalized", "RunResult", "build_payload", "collect", "finalize", "register"]
+__all__ = ["Finalized", "RunResult", "build_payload", "collect", "delivery_line", "finalize",
+           "register"]
 
 
 def payload_format(request: GradingRequest, settings: QbqSettings) -> Literal["native", "legacy"]:
@@ -103,6 +106,26 @@ class RunResult:
     delivery: DeliveryReport | None = None
 
 
+def delivery_line(result: RunResult) -> tuple[str, bool]:
+    """The line a grading run ends with: where its payload went (URL without query, revision,
+    Idempotency-Key) or why it did not; and whether a delivery failed (the payload then stays
+    in the outbox for the deliver-results flow)."""
+    fin = result.payloads
+    revision = fin.outgoing.revision
+    if fin.target_url is None or fin.delivery_key is None:
+        return "payload not delivered: no results API is set (QBQ_RESULTS_API_URL)", False
+    where = f"{safe_url(fin.target_url)} (revision {revision}, Idempotency-Key {fin.delivery_key})"
+    report = result.delivery
+    if report is not None and report.failed:
+        return (f"payload NOT delivered to {where}: {report.last_error}; it stays in the outbox "
+                "for the deliver-results flow"), True
+    if report is not None and report.delivered:
+        return f"payload delivered to {where}", False
+    if not fin.queued:
+        return f"payload unchanged since revision {revision}: nothing new sent to {where}", False
+    return f"payload queued for {where}", False
+
+
 def finalize(store: Store, prepared: Prepared, *, policy: GradingPolicy,
              settings: QbqSettings) -> Finalized:
     """Reduce, then mark the process done and, in the same transaction, queue the payload as a
@@ -132,7 +155,10 @@ def finalize(store: Store, prepared: Prepared, *, policy: GradingPolicy,
             session,
             process_id,
             status="completed" if native.status == "success" else "failed",
-            summary=native.summary.model_dump(mode="json"),
+            # the review queue and the question list ride on the summary, for `qbq review`
+            summary={**native.summary.model_dump(mode="json"),
+                     "review": review_items(native, prepared.request),
+                     "max_marks": prepared.request.max_marks},
             payload=body if queued else None,
             target_url=url if queued else None,
             delivery_key=key or "",

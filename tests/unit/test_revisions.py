@@ -8,14 +8,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
+import typer
 from starlette.testclient import TestClient
+from typer.testing import CliRunner
 
-from qbq import pipeline
+from qbq import cli, pipeline
+from qbq.cli_reports import register
 from qbq.delivery import drain_outbox
 from qbq.errors import ProviderContentError
 from qbq.grading import grade_batch
 from qbq.loading import load_request
+from qbq.pipeline import RunResult, delivery_line
 from qbq.planning import plan_batches
 from qbq.preparation import Prepared
 from qbq.provider import ChatReply, ChatRequest
@@ -168,3 +173,79 @@ def test_the_key_names_the_content_so_two_stores_never_share_a_key_for_different
     assert a.native.revision == b.native.revision == 1
     assert a.delivery_key != b.delivery_key  # same request, same revision, other content
     assert a.delivery_key == c.delivery_key  # same content: the same key
+
+
+def flag_low(refs: list[str], qnums: list[str], unsure: str) -> ChatReply:
+    body = answers(refs, qnums)
+    for student in body["students"]:
+        if student["ref"] == unsure:
+            student["answers"][1]["confidence"] = "low"
+    return reply(json.dumps(body))
+
+
+def test_review_lists_refused_failed_and_unsure_with_the_right_question_and_maximum(
+        sample: dict[bool, Prepared], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    monkeypatch.setenv("QBQ_DATABASE_URL", url)
+    store = Store(url)
+    store.migrate()
+    first = prepared(sample, SETTINGS, url_works=False)
+    refs = [s.ref for s in first.request.students]
+    qnums = [q.question_number for q in first.request.questions]
+    bad, broken_url, unsure = refs[4], refs[2], refs[0]
+
+    def behave(r: list[str], _: ChatRequest) -> ChatReply | ProviderContentError:
+        if bad in r:
+            return ProviderContentError(f"request refused (400): {UNDECODABLE}",
+                                        status_code=400, param=None)
+        return flag_low(r, qnums, unsure)
+
+    run(store, first, ScriptedProvider(qnums, [behave] * 50), SETTINGS)
+    store.dispose()
+    app = typer.Typer()
+    register(app)
+    shown = CliRunner().invoke(app, ["review", first.plan.process_id, "--json"])
+    assert shown.exit_code == 0, shown.output
+
+    max_marks = first.request.max_marks
+    total = sum(max_marks.values())
+    rows = [(r["ref"], r["question_number"], r["max_mark"]) for r in json.loads(shown.stdout)]
+    assert rows == [(unsure, qnums[1], max_marks[qnums[1]]), (broken_url, "all", total),
+                    (bad, "all", total)]
+    reasons = [r["reason"] for r in json.loads(shown.stdout)]
+    assert reasons[0] == "low confidence"
+    assert reasons[1].startswith("not graded (PageFetchError): ") and PAGE_URL in reasons[1]
+    assert reasons[2].startswith("not graded (ProviderContentError): student " + bad)
+    text = CliRunner().invoke(app, ["review", first.plan.process_id]).stdout
+    assert "valid." in text and "…" not in text  # wrapped in full, never cut
+
+
+def test_grade_ends_with_where_the_payload_went_and_exits_3_when_it_was_not_delivered(
+        sample: dict[bool, Prepared], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = memory_store()
+    fixed = prepared(sample, SETTINGS, url_works=True)
+    qnums = [q.question_number for q in fixed.request.questions]
+    fin = run(store, fixed, refusing(None, qnums), SETTINGS)
+    down = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(503)))
+    failed = RunResult(fixed.plan.process_id, fin.native.status, fin.native.summary, fin,
+                       drain_outbox(store, down))
+    line, not_delivered = delivery_line(failed)
+    assert not_delivered and line.startswith(f"payload NOT delivered to {URL} (revision 1, "
+                                             f"Idempotency-Key {fin.delivery_key}): ")
+    assert "503" in line and "outbox" in line
+
+    monkeypatch.setattr(cli, "run_grade", lambda *a, **k: failed)
+    result = CliRunner().invoke(cli.app, ["grade", "request.json"], terminal_width=400)
+    assert result.exit_code == 3
+    assert result.stdout.strip().splitlines()[-1].startswith("payload NOT delivered to")
+
+    receiver = TestClient(create_app(tmp_path / "receiver.db"))
+    ok = RunResult(fixed.plan.process_id, fin.native.status, fin.native.summary, fin,
+                   drain_outbox(store, receiver, ignore_backoff=True))
+    assert delivery_line(ok) == (
+        f"payload delivered to {URL} (revision 1, Idempotency-Key {fin.delivery_key})", False)
+    unset = run(memory_store(), fixed, refusing(None, qnums),
+                QbqSettings(database_url="sqlite://"))
+    assert delivery_line(RunResult(fixed.plan.process_id, "success", unset.native.summary,
+                                   unset, None)) == (
+        "payload not delivered: no results API is set (QBQ_RESULTS_API_URL)", False)
