@@ -31,6 +31,7 @@ def deliver_results(results_block: str | None = None) -> dict[str, Any]:
     settings, _ = resolve_config(None, results_block, None)
     with delivery_resources(settings) as (store, client):
         report = drain_outbox(store, client, backoff_s=settings.delivery_backoff_s,
+                              deadline_s=settings.delivery_deadline_s,
                               lookup_url=settings.results_api_lookup_url)
     logger.info("outbox: %d delivered, %d failed", report.delivered, report.failed)
     if report.failed:

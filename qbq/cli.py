@@ -1,6 +1,7 @@
 """The `qbq` command line: grade, plan, sample, demo, simulate, receiver.
 
-Exit codes: 0 success, 1 grading failed, 2 invalid input or configuration.
+Exit codes: 0 success, 1 grading failed, 2 invalid input or configuration, 3 the payload could
+not be delivered (it stays in the outbox for the deliver-results flow).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ register_models(app)
 console = Console()
 err = Console(stderr=True)
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_NOT_DELIVERED = 0, 1, 2, 3
 
 
 @contextmanager
@@ -67,12 +68,15 @@ def _marks_table(payload: NativePayload, limit: int | None = None) -> Table:
     table.add_column("total", justify="right")
     table.add_column("review")
     reasons = {f.ref: f"{f.error_type}: {f.reason}" for f in payload.failures}
+    if reasons:  # in full, wrapped at words
+        table.add_column("why not graded", overflow="fold", ratio=3)
     shown = payload.students if limit is None else payload.students[:limit]
     for s in shown:
         marks = {a.question_number: a.mark for a in s.answers}
         cells = [f"{marks[q]:g}" if q in marks else "—" for q in qnums]
-        total = f"{sum(marks.values()):g}" if s.status == "graded" else reasons.get(s.ref, "")[:40]
-        table.add_row(s.ref, s.status, *cells, total, "yes" if s.needs_review else "")
+        total = f"{sum(marks.values()):g}" if s.status == "graded" else "—"
+        why = [reasons.get(s.ref, "")] if reasons else []
+        table.add_row(s.ref, s.status, *cells, total, "yes" if s.needs_review else "", *why)
     return table
 
 
@@ -126,8 +130,6 @@ def run_grade(request_path: Path, *, verbose: bool, out: Path | None) -> RunResu
     if out is not None:
         out.write_text(result.payloads.outgoing.model_dump_json(indent=2))
         console.print(f"payload written to {out}")
-    if result.delivery is not None and result.delivery.failed:
-        err.print(f"[yellow]delivery pending:[/] {escape(result.delivery.last_error or '')}")
     return result
 
 
@@ -137,13 +139,21 @@ def grade(
     out: Annotated[Path | None, typer.Option(help="Also write the payload JSON here.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
 ) -> None:
-    """Grade a request: plan, grade every batch, reduce, deliver; prints the marks."""
-    payload = run_grade(request, verbose=verbose, out=out).payloads.native
+    """Grade a request: plan, grade every batch, reduce, deliver; prints the marks and, last,
+    where the payload went. Exit 3 when its delivery failed, else 1 when grading failed."""
+    from qbq.pipeline import delivery_line
+
+    result = run_grade(request, verbose=verbose, out=out)
+    payload = result.payloads.native
     console.print(_marks_table(payload))
     s = payload.summary
     console.print(f"{s.graded}/{s.students} graded, {s.model_calls} model calls, "
                   f"{s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion tokens, "
                   f"est. ${s.estimated_cost_usd:.4f}")
+    line, not_delivered = delivery_line(result)
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if not_delivered:
+        raise typer.Exit(EXIT_NOT_DELIVERED)
     raise typer.Exit(EXIT_OK if payload.status == "success" else EXIT_FAILED)
 
 
@@ -188,7 +198,7 @@ def plan(
     console.print(f"{p.n_students} students in {len(p.batches)} batches; "
                   f"{p.prompt_tokens:,} prompt tokens; est. ${p.estimated_cost_usd():.4f}")
     for line in intake_lines(prepared.request):
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """The `qbq report`, `review`, `status`, `purge` and `log-config` commands (see `register`).
 
-They read the store named by `QBQ_DATABASE_URL`; output shows student refs, never names, and
-feedback only on request. Exit code 2 for an unknown process or a bad option.
+They read the store named by `QBQ_DATABASE_URL` and never create one: a missing SQLite file is
+an error naming the path looked at. Output shows student refs, never names, and feedback only on
+request. Exit code 2 for a missing store, an unknown process or a bad option.
 """
 
 from __future__ import annotations
@@ -28,15 +29,24 @@ EXIT_INVALID = 2
 
 
 def _store() -> Store:
-    from qbq.store import Store
+    """The store of QBQ_DATABASE_URL, migrated; exit 2 when its SQLite file does not exist."""
+    from qbq.store import Store, sqlite_file
 
-    store = Store.from_settings(get_settings())
+    url = get_settings().database_url
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        err.print(f"[bold red]error:[/] no qbq store at {path} (QBQ_DATABASE_URL); run this "
+                  "where `qbq grade` ran, or set QBQ_DATABASE_URL to its store",
+                  highlight=False, markup=True)
+        raise typer.Exit(EXIT_INVALID)
+    store = Store(url)
     store.migrate()
     return store
 
 
-def _unknown(process_id: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] no process {process_id!r} in this store", highlight=False)
+def _unknown(process_id: str, store: Store) -> typer.Exit:
+    err.print(f"[bold red]error:[/] no process {process_id!r} in the store at {store.label}",
+              highlight=False)
     return typer.Exit(EXIT_INVALID)
 
 
@@ -69,7 +79,7 @@ def report(
     store = _store()
     found = process_metrics(store, process_id)
     if found is None:
-        raise _unknown(process_id)
+        raise _unknown(process_id, store)
     metrics, _batches = found
     save_metrics(store, metrics)
     body = metrics.to_dict()
@@ -106,28 +116,42 @@ def review(
     show_feedback: Annotated[bool, typer.Option(help="Also print the model's feedback.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the queue as JSON.")] = False,
 ) -> None:
-    """Answers a person should check: low confidence, blank or unreadable (refs, not names)."""
+    """What a person should check (`qbq.review`): answers with low confidence or unreadable,
+    students flagged as a whole, and every student not graded, with the reason in full (refs,
+    not names)."""
     from qbq.observability.reports import marks_frame, review_frame
+    from qbq.store import repository as repo
 
     store = _store()
     try:
         frame = marks_frame(store, process_id, with_feedback=show_feedback)
     except KeyError:
-        raise _unknown(process_id) from None
-    queue = review_frame(frame)
+        raise _unknown(process_id, store) from None
+    with store.transaction() as session:
+        process = repo.get_process(session, process_id)
+        stored = (process.summary or {}).get("review") if process is not None else None
     columns = ["ref", "question_number", "mark", "max_mark", "confidence", "status", "reason",
                *(["feedback"] if show_feedback else [])]
-    records = [
-        {c: (None if (v := row[c]) is None or (isinstance(v, float) and v != v) else v)
-         for c in columns}
-        for row in queue.to_dict(orient="records")
-    ]
+    if stored is not None:  # the queue read off the payload when the run finished
+        feedback = ({(r["ref"], r["question_number"]): r["feedback"]
+                     for r in frame.to_dict(orient="records")} if show_feedback else {})
+        records = [{**{c: item.get(c) for c in columns if c != "feedback"},
+                    **({"feedback": feedback.get((item["ref"], item["question_number"]))}
+                       if show_feedback else {})} for item in stored]
+    else:  # a run finished before the queue was stored
+        records = [
+            {c: (None if (v := row[c]) is None or (isinstance(v, float) and v != v) else v)
+             for c in columns}
+            for row in review_frame(frame).to_dict(orient="records")
+        ]
     if as_json:
         _print_json(records)
         return
     table = Table(title=f"review queue of {process_id}: {len(records)} item(s)")
     for c in columns:
-        table.add_column(c.replace("_", " "), overflow="fold")
+        # reasons and feedback wrap at words; a long ref or URL folds rather than being cut
+        table.add_column(c.replace("_", " "), overflow="fold",
+                         ratio=3 if c in ("reason", "feedback") else None)
     for record in records:
         table.add_row(*(_fmt(record[c]) for c in columns))
     console.print(table)
@@ -137,8 +161,11 @@ def status(
     process_id: Annotated[str, typer.Argument(help="The process id (qbq-...).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
-    """Where a process stands: its status, batches by status, delivery, times."""
-    # Long: gathers every part of one process's status in one transaction, then prints it as JSON or a table.
+    """Where a process stands: its status, batches by status, each payload revision (when
+    queued, where to, delivered or not and why), times."""
+    # Long: gathers every part of one process's status in one transaction, then prints it as
+    # JSON or a table.
+    from qbq.http import safe_url
     from qbq.observability.logs import redact
     from qbq.store import queries
     from qbq.store import repository as repo
@@ -147,9 +174,10 @@ def status(
     with store.transaction() as session:
         process = repo.get_process(session, process_id)
         if process is None:
-            raise _unknown(process_id)
+            raise _unknown(process_id, store)
         counts = queries.batch_status_counts(session, process_id)
         outbox = repo.get_outbox(session, process_id)
+        revisions = repo.list_outbox(session, process_id)
         raw = queries.raw_response_count(session, process_id)
     delivery: dict[str, Any] | None = None
     if outbox is not None:
@@ -161,7 +189,24 @@ def status(
             "last_error": redact(outbox.last_error) if outbox.last_error else None,
             "payload_purged": "purged_at" in (outbox.payload or {}),
         }
+    newest = revisions[-1].revision if revisions else 0
+    deliveries = [
+        {
+            "revision": row.revision,
+            "status": row.status,
+            "queued_at": row.created_at,
+            "url": safe_url(row.target_url),
+            "idempotency_key": row.idempotency_key,
+            "attempts": row.attempts,
+            "delivered_at": row.delivered_at,
+            "why": (redact(row.last_error) if row.last_error and row.status != "delivered"
+                    else f"superseded by revision {newest} before it was sent"
+                    if row.status == "superseded" else None),
+        }
+        for row in revisions
+    ]
     body: dict[str, Any] = {
+        "store": store.label,
         "process_id": process.id,
         "status": process.status,
         "model": process.model,
@@ -170,6 +215,7 @@ def status(
         "batches_by_status": dict(sorted(counts.items())),
         "raw_replies_kept": raw,
         "delivery": delivery,
+        "deliveries": deliveries,
         "created_at": process.created_at,
         "updated_at": process.updated_at,
         "completed_at": process.completed_at,
@@ -179,13 +225,23 @@ def status(
         return
     table = Table(title=f"process {process_id}", show_header=False)
     table.add_column("field")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")
     for name, value in body.items():
         if name == "batches_by_status":
             value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
         elif name == "delivery":
-            value = "no delivery queued" if value is None else ", ".join(
-                f"{k} {_fmt(v)}" for k, v in value.items() if v is not None)
+            continue
+        elif name == "deliveries":
+            for d in value:
+                when = (f"delivered {d['delivered_at']:%Y-%m-%d %H:%M:%S}" if d["delivered_at"]
+                        else d["status"])
+                why = f" — {d['why']}" if d["why"] else ""
+                table.add_row(f"revision {d['revision']}",
+                              f"{when}; queued {d['queued_at']:%Y-%m-%d %H:%M:%S} for {d['url']} "
+                              f"(key {d['idempotency_key']}, {d['attempts']} attempt(s)){why}")
+            if not value:
+                table.add_row("delivery", "no delivery queued")
+            continue
         table.add_row(name.replace("_", " "), _fmt(value))
     console.print(table)
 

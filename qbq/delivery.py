@@ -1,4 +1,5 @@
-"""Outbox delivery: POST each pending payload once, mark it delivered, back off on failure."""
+"""Outbox delivery: POST each pending payload revision once, mark it delivered, back off on
+failure. A failed row stays pending for the next drain, at the URL recorded when it was queued."""
 
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ class DeliveryReport:
 
 def drain_outbox(store: Store, client: HttpClient, *, process_id: str | None = None,
                  backoff_s: float = 30.0, lease_s: float = 120.0, lookup_url: str | None = None,
-                 ignore_backoff: bool = False,
+                 ignore_backoff: bool = False, deadline_s: float | None = None,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> DeliveryReport:
     """Deliver due outbox rows (one process's, or all); failures back off.
+
+    `deadline_s` bounds each POST and lookup as a whole (seconds; None: only the client's
+    per-read timeout). Redirects are never followed (`qbq.http.post_results`).
 
     Each row is leased while it is sent, so concurrent drains never POST the same payload. A
     row whose previous sender died mid-send is first looked up at `lookup_url` (when the results
@@ -51,8 +55,8 @@ def drain_outbox(store: Store, client: HttpClient, *, process_id: str | None = N
             continue
         try:
             if not (claim == "taken_over" and lookup_url
-                    and lookup_results(client, lookup_url, key)):
-                post_results(client, url, payload, key)
+                    and lookup_results(client, lookup_url, key, deadline_s=deadline_s)):
+                post_results(client, url, payload, key, deadline_s=deadline_s)
         except DeliveryError as exc:
             failed += 1
             last_error = exc.message

@@ -67,11 +67,14 @@ class IntakeFailure:
 
 @dataclass(frozen=True, slots=True)
 class Student:
-    """A student's ref and pages in order; `intake_failure` set when it failed at intake."""
+    """A student's ref and pages in order; `intake_failure` set when it failed at intake;
+    `review_note` says why a person should check this student even when graded (a legacy
+    request's short last group: fewer pages than the others)."""
 
     ref: str
     pages: tuple[Page, ...]
     intake_failure: IntakeFailure | None = None
+    review_note: str | None = None
 
     @property
     def image_ids(self) -> list[str]:

@@ -16,6 +16,8 @@
     │   ├── ProviderConnectionError    the connection failed or dropped
     │   ├── ProviderDownError          the circuit breaker gave up on the provider (not retried)
     │   └── ProviderRequestError       HTTP 4xx other than 429: our request is wrong (not retried)
+    │       └── ProviderContentError       HTTP 400 for what the request carries (an image, its
+    │                                      size, the response schema): isolated by bisecting
     ├── ResponseError              the provider answered, but the answer is unusable
     │   ├── ResponseShapeError         not JSON, or not the expected envelope
     │   ├── ResponseSchemaError        JSON that breaks the response schema
@@ -48,6 +50,7 @@ __all__ = [
     "PageUrlRefusedError",
     "PlanningError",
     "ProviderConnectionError",
+    "ProviderContentError",
     "ProviderDownError",
     "ProviderError",
     "ProviderRequestError",
@@ -205,9 +208,33 @@ class ProviderDownError(ProviderError):
 
 
 class ProviderRequestError(ProviderError):
-    """HTTP 4xx other than 429: the request itself is wrong, so retrying cannot help."""
+    """HTTP 4xx other than 429: the request itself is wrong, so retrying cannot help.
+
+    `param` and `code` are the provider's own (`error.param`, `error.code` of OpenAI's error
+    body, https://platform.openai.com/docs/guides/error-codes), None when it gave none.
+    """
 
     transient = False
+
+    def __init__(self, message: str, *, status_code: int | None = None,
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, status_code=status_code)
+        self.param = param
+        self.code = code
+
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.message,), {"status_code": self.status_code, "param": self.param,
+                                 "code": self.code}
+
+
+class ProviderContentError(ProviderRequestError):
+    """HTTP 400 for the content of the request: an image (undecodable, too large, not
+    downloadable), the request's size or the response schema's size.
+
+    `param` names the part when the provider says (e.g. "messages[2].content[5].image_url.url");
+    OpenAI gives null for an undecodable or animated image, so grading bisects the batch to find
+    the students at fault (`qbq.grading`).
+    """
 
 
 class ResponseError(QbqError):

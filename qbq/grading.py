@@ -8,8 +8,15 @@ glance (first matching row wins; `HANDLERS` is this table):
 
     error                          decision
     RetryBudgetExhaustedError      Fail   the students still pending
+    ProviderContentError (HTTP 400 Isolate the student whose image `param` names, failing
+      for an image, the size or           it alone; with no such `param` (OpenAI's null for
+      the schema)                         an undecodable image) bisect the group; one
+                                          student: Fail, flagged for review, naming its ref,
+                                          page id and the provider's message
     ProviderError                  Retry  after full-jitter backoff if transient (a 429 waits
                                           in the shared limiter instead), up to max_attempts;
+                                          then, for timeouts and 5xx, Isolate (bisect) so one
+                                          slow or failing student cannot fail the others;
                                           else Fail
     TruncatedResponseError         Split  the students in two (the smaller size is remembered
                                           for the run); one student: MoreRoom, doubling
@@ -33,7 +40,10 @@ from typing import Any, Literal
 from qbq.backoff import full_jitter
 from qbq.domain import GradingRequest, Page, Student
 from qbq.errors import (
+    ProviderContentError,
     ProviderError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
     QbqError,
     RateLimitedError,
     RefusalError,
@@ -44,9 +54,15 @@ from qbq.errors import (
     clip_detail,
 )
 from qbq.intake.cache import model_image_url
-from qbq.observability.logs import log_batch_event
+from qbq.observability.logs import log_batch_event, redact
 from qbq.planning import PlannedBatch, prompt_questions
-from qbq.prompts import StudentPages, build_messages, correction_text, response_format
+from qbq.prompts import (
+    StudentPages,
+    build_messages,
+    correction_text,
+    image_owner,
+    response_format,
+)
 from qbq.provider import ChatProvider, ChatRequest
 from qbq.recovery import BatchSizeHint
 from qbq.response import StudentOut, check_reply, parse_reply
@@ -56,8 +72,8 @@ from qbq.store import leases as repo_leases
 from qbq.store import repository as repo
 from qbq.usage import Usage
 
-__all__ = ["HANDLERS", "BatchOutcome", "Fail", "GradingDeps", "GroupState", "MoreRoom", "Reask",
-           "Retry", "Rules", "Split", "decide", "grade_batch", "page_url"]
+__all__ = ["HANDLERS", "BatchOutcome", "Fail", "GradingDeps", "GroupState", "Isolate", "MoreRoom",
+           "Reask", "Retry", "Rules", "Split", "decide", "grade_batch", "page_url"]
 
 log = logging.getLogger("qbq.grading")
 
@@ -142,18 +158,29 @@ class Fail:
     needs_review: bool = False
 
 
-Decision = Retry | Reask | MoreRoom | Split | Fail
+@dataclass(frozen=True)
+class Isolate:
+    """Find the students at fault: fail `suspect` alone with `reason` (flagged for review) and
+    grade the others; with no suspect, grade the pending students in two halves (the run's
+    batch size is kept: the fault is in a student, not in the size)."""
+
+    suspect: str | None = None
+    reason: str | None = None
+
+
+Decision = Retry | Reask | MoreRoom | Split | Isolate | Fail
 
 
 @dataclass
 class GroupState:
-    """Where the grading of one group of students stands."""
+    """Where the grading of one group of students stands; `messages` are the last request's."""
 
     pending: list[Student]
     max_completion_tokens: int
     provider_failures: int = 0
     reasks: int = 0
     correction: str | None = None
+    messages: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,8 +196,40 @@ def on_budget_spent(exc: RetryBudgetExhaustedError, state: GroupState, rules: Ru
     return Fail()
 
 
+def refused_reason(student: Student, page: int | None, exc: ProviderContentError) -> str:
+    """Why the provider refused `student`: its ref, the page id (`page`: index of the page the
+    provider named; None: all of the student's pages are suspects) and the provider's message,
+    URL query strings removed."""
+    if page is not None and page < len(student.pages):
+        pages = f"page {student.pages[page].image_id}"
+    else:
+        ids = [p.image_id for p in student.pages]
+        pages = (f"page {ids[0]}" if len(ids) == 1
+                 else f"one of pages {', '.join(ids)}" if ids else "its pages")
+    return f"student {student.ref}: {pages} refused by the provider: {redact(exc.message)}"
+
+
+def on_content_refused(exc: ProviderContentError, state: GroupState, rules: Rules) -> Decision:
+    owner = image_owner(state.messages or [], exc.param)
+    by_ref = {s.ref: s for s in state.pending}
+    if owner is not None and owner[0] in by_ref:
+        return Isolate(owner[0], refused_reason(by_ref[owner[0]], owner[1], exc))
+    if len(state.pending) > 1:
+        return Isolate()
+    return Fail(refused_reason(state.pending[0], None, exc), needs_review=True)
+
+
+#: Transient errors that, once retries are spent, may be one student's doing (a page that
+#: makes every reply time out or the provider fail): split rather than fail the group.
+_ISOLATED_AFTER_RETRIES: tuple[type[ProviderError], ...] = (ProviderTimeoutError,
+                                                            ProviderUnavailableError)
+
+
 def on_provider_error(exc: ProviderError, state: GroupState, rules: Rules) -> Decision:
     failures = state.provider_failures + 1
+    if exc.transient and failures >= rules.policy.max_attempts and len(state.pending) > 1 \
+            and isinstance(exc, _ISOLATED_AFTER_RETRIES):
+        return Isolate()
     if not exc.transient or failures >= rules.policy.max_attempts:
         return Fail()
     if isinstance(exc, RateLimitedError):
@@ -204,6 +263,7 @@ Handler = Callable[[Any, GroupState, Rules], Decision]
 #: Error kind → handler, first match wins (subclasses before their bases).
 HANDLERS: tuple[tuple[type[QbqError], Handler], ...] = (
     (RetryBudgetExhaustedError, on_budget_spent),
+    (ProviderContentError, on_content_refused),
     (ProviderError, on_provider_error),
     (TruncatedResponseError, on_truncated),
     (RefusalError, on_refusal),
@@ -279,6 +339,7 @@ class _BatchRun:
             students=[StudentPages(s.ref, self._urls(s)) for s in state.pending],
             correction=state.correction)
         self._requests_built += 1
+        state.messages = messages
         return ChatRequest(
             model=self.request.model, messages=messages,
             response_format=response_format(refs, list(self.request.max_marks)),
@@ -349,6 +410,8 @@ class _BatchRun:
                     return out
                 if isinstance(decision, Split):
                     return self._split(state.pending, out)
+                if isinstance(decision, Isolate):
+                    return self._isolate(decision, state.pending, exc, out)
                 self._apply(decision, state)
         return out
 
@@ -362,6 +425,24 @@ class _BatchRun:
             state.correction = decision.correction
         else:
             state.max_completion_tokens = decision.max_completion_tokens
+
+    def _isolate(self, decision: Isolate, pending: list[Student], exc: QbqError,
+                 out: _Graded) -> _Graded:
+        rest = [s for s in pending if s.ref != decision.suspect]
+        if len(rest) < len(pending):
+            suspect = [s for s in pending if s.ref == decision.suspect]
+            out.fail(suspect, exc, Fail(decision.reason, needs_review=True))
+            log.info("batch %d: the provider refused one student's page; grading the other %d",
+                     self.batch.index, len(rest))
+            if rest:
+                out.merge(self.grade(rest))
+            return out
+        half = (len(pending) + 1) // 2
+        log.info("batch %d: %s for %d students; bisecting into %d + %d", self.batch.index,
+                 exc.error_type, len(pending), half, len(pending) - half)
+        out.merge(self.grade(pending[:half]))
+        out.merge(self.grade(pending[half:]))
+        return out
 
     def _split(self, pending: list[Student], out: _Graded) -> _Graded:
         half = (len(pending) + 1) // 2

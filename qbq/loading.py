@@ -234,8 +234,21 @@ def load_request(
             parsed.external_assessment_settings_id,
             parsed.external_assessment_file_id,
         )
-        return dataclasses.replace(loaded, source_format="legacy", legacy=ctx)
+        return dataclasses.replace(loaded, source_format="legacy", legacy=ctx,
+                                   students=_flag_short_last_group(parsed, loaded.students))
     return _native(parsed, base_dir, settings, fetch, cache)
+
+
+def _flag_short_last_group(req: LegacyRequest,
+                           students: tuple[Student, ...]) -> tuple[Student, ...]:
+    """The replaced system allowed a short last group: that student has fewer pages, and a
+    person should check nothing is missing."""
+    short = len(req.images) % req.pages_per_student
+    if not short or not students:
+        return students
+    note = (f"short last group: {short} of pages_per_student={req.pages_per_student} pages; "
+            "check that no page is missing")
+    return (*students[:-1], dataclasses.replace(students[-1], review_note=note))
 
 
 def load_request_file(path: Path, *, settings: QbqSettings, fetch: Fetcher | None,

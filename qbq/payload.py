@@ -1,13 +1,22 @@
-"""The results payloads qbq posts: its native form and the legacy form of the replaced system."""
+"""The results payloads qbq posts: its native form and the legacy form of the replaced system.
+
+Both carry `revision` (1 for the first payload of a process; a finalize whose payload changed
+queues the next) and are told apart by `content_hash`; `delivery_key` is the Idempotency-Key.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "DELIVERY_HASH_CHARS",
     "LegacyAnswer",
+    "LegacyFailure",
     "LegacyPayload",
     "LegacyStudent",
     "NativePayload",
@@ -16,6 +25,8 @@ __all__ = [
     "PayloadStudent",
     "RunSummary",
     "StudentName",
+    "content_hash",
+    "delivery_key",
 ]
 
 _STRICT = ConfigDict(extra="forbid")
@@ -77,6 +88,8 @@ class NativePayload(BaseModel):
     model_config = _STRICT
     assessment_id: str
     process_id: str
+    revision: int = Field(1, ge=1, description="1 for a process's first payload, then + 1 for "
+                          "each finalize whose payload changed.")
     status: Literal["success", "failed"]
     students: list[PayloadStudent]
     failures: list[PayloadFailure]
@@ -91,21 +104,66 @@ class LegacyAnswer(BaseModel):
 
 
 class LegacyStudent(BaseModel):
+    """One graded student, as the replaced system sent it (plus qbq's `ref`, `image_ids` and
+    `needs_review`, which the old platform ignores). `image_ids` keep the request's JSON type:
+    integers for a legacy request."""
+
     model_config = _STRICT
     first_name: str
     last_name: str
-    image_ids: list[str]
+    image_ids: list[int] | list[str]
     answers: list[LegacyAnswer]
     ref: str
-    status: Literal["graded", "failed"]
-    failure_reason: str | None = None
+    needs_review: bool = False
+
+
+class LegacyFailure(BaseModel):
+    """A student that was not graded (an extra list the old platform ignores)."""
+
+    model_config = _STRICT
+    ref: str
+    image_ids: list[int] | list[str]
+    reason: str
+    error_type: str
 
 
 class LegacyPayload(BaseModel):
+    """The replaced system's results shape: `data` holds graded students only (as it did);
+    failed students are in `failures`; `status` follows qbq's coverage policy."""
+
     model_config = _STRICT
     assessment_id: int | str
     assessment_settings_id: int | None
     status: Literal["success", "failed"]
     data: list[LegacyStudent]
+    failures: list[LegacyFailure] = Field(default_factory=list)
     process_id: str
+    revision: int = Field(1, ge=1, description="As in the native payload.")
     simulated: bool
+
+
+#: Hex digits of the body's SHA-256 kept in the Idempotency-Key.
+DELIVERY_HASH_CHARS = 16
+#: Top-level fields that say how a payload was made, not what it grades: a rerun that changes
+#: only these (token counts, cost) queues no new revision.
+_NOT_CONTENT = frozenset({"revision", "summary"})
+
+
+def _sha256(body: Mapping[str, Any], leave_out: frozenset[str]) -> str:
+    kept = {k: v for k, v in body.items() if k not in leave_out}
+    canonical = json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def content_hash(body: Mapping[str, Any]) -> str:
+    """SHA-256 (64 hex digits) of what a payload body (JSON object) grades: every field but
+    `revision` and the native `summary`. Equal hashes: an unchanged payload, nothing to send."""
+    return _sha256(body, _NOT_CONTENT)
+
+
+def delivery_key(process_id: str, revision: int, body: Mapping[str, Any]) -> str:
+    """The Idempotency-Key of one payload revision: `<process_id>/r<revision>-<hash>`, the hash
+    being the first 16 hex digits of the SHA-256 of the whole body but `revision` (summary
+    included). So one key never names two different payloads, even across stores that grade
+    the same request."""
+    return f"{process_id}/r{revision}-{_sha256(body, frozenset({'revision'}))[:DELIVERY_HASH_CHARS]}"

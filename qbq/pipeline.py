@@ -11,16 +11,19 @@ from typing import Literal
 
 from qbq.delivery import DeliveryReport
 from qbq.domain import GradingRequest
+from qbq.http import safe_url
 from qbq.observability.lifecycle import purge_after_reduce
-from qbq.payload import LegacyPayload, NativePayload, RunSummary
+from qbq.payload import LegacyPayload, NativePayload, RunSummary, content_hash, delivery_key
 from qbq.planning import BatchPlan
 from qbq.preparation import Prepared
 from qbq.reduce import StoredBatch, reduce_results, to_legacy
+from qbq.review import review_items
 from qbq.settings import GradingPolicy, QbqSettings
 from qbq.store import BatchSpec, Store
 from qbq.store import repository as repo
 
-__all__ = ["Finalized", "RunResult", "build_payload", "collect", "finalize", "register"]
+__all__ = ["Finalized", "RunResult", "build_payload", "collect", "delivery_line", "finalize",
+           "register"]
 
 
 def payload_format(request: GradingRequest, settings: QbqSettings) -> Literal["native", "legacy"]:
@@ -80,6 +83,12 @@ class Finalized:
 
     native: NativePayload
     outgoing: NativePayload | LegacyPayload
+    #: The Idempotency-Key of `outgoing`'s revision (None when no results API is set).
+    delivery_key: str | None = None
+    #: Whether this finalize queued a new revision (False: unchanged, or no results API).
+    queued: bool = False
+    #: Where `outgoing` goes (the results API URL), or None.
+    target_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,26 +106,65 @@ class RunResult:
     delivery: DeliveryReport | None = None
 
 
-def delivery_key(process_id: str) -> str:
-    return f"{process_id}/results"
+def delivery_line(result: RunResult) -> tuple[str, bool]:
+    """The line a grading run ends with: where its payload went (URL without query, revision,
+    Idempotency-Key) or why it did not; and whether a delivery failed (the payload then stays
+    in the outbox for the deliver-results flow)."""
+    fin = result.payloads
+    revision = fin.outgoing.revision
+    if fin.target_url is None or fin.delivery_key is None:
+        return "payload not delivered: no results API is set (QBQ_RESULTS_API_URL)", False
+    where = f"{safe_url(fin.target_url)} (revision {revision}, Idempotency-Key {fin.delivery_key})"
+    report = result.delivery
+    if report is not None and report.failed:
+        return (f"payload NOT delivered to {where}: {report.last_error}; it stays in the outbox "
+                "for the deliver-results flow"), True
+    if report is not None and report.delivered:
+        return f"payload delivered to {where}", False
+    if not fin.queued:
+        return f"payload unchanged since revision {revision}: nothing new sent to {where}", False
+    return f"payload queued for {where}", False
 
 
 def finalize(store: Store, prepared: Prepared, *, policy: GradingPolicy,
              settings: QbqSettings) -> Finalized:
-    """Reduce, then mark the process done and queue the payload in the same transaction."""
+    """Reduce, then mark the process done and, in the same transaction, queue the payload as a
+    new revision if it differs from the last one queued (`qbq.payload.content_hash`).
+
+    An unchanged rerun queues nothing and returns the last revision's number and key.
+    """
     native, outgoing = build_payload(prepared, collect(store, prepared.plan), policy=policy,
                                      settings=settings)
-    body = json.loads(outgoing.model_dump_json())
+    process_id, url = prepared.plan.process_id, settings.results_api_url
+    digest = content_hash(json.loads(outgoing.model_dump_json()))
+    key: str | None = None
+    queued = False
     with store.transaction() as session:
+        last = repo.get_outbox(session, process_id) if url else None
+        if last is not None and last.content_hash == digest:
+            revision, key = last.revision, last.idempotency_key
+        else:
+            revision = last.revision + 1 if last is not None else 1
+        native = native.model_copy(update={"revision": revision})
+        outgoing = (native if isinstance(outgoing, NativePayload)
+                    else outgoing.model_copy(update={"revision": revision}))
+        body = json.loads(outgoing.model_dump_json())
+        if url and key is None:
+            key, queued = delivery_key(process_id, revision, body), True
         repo.complete_process(
             session,
-            prepared.plan.process_id,
+            process_id,
             status="completed" if native.status == "success" else "failed",
-            summary=native.summary.model_dump(mode="json"),
-            payload=body if settings.results_api_url else None,
-            target_url=settings.results_api_url,
-            delivery_key=delivery_key(prepared.plan.process_id),
+            # the review queue and the question list ride on the summary, for `qbq review`
+            summary={**native.summary.model_dump(mode="json"),
+                     "review": review_items(native, prepared.request),
+                     "max_marks": prepared.request.max_marks},
+            payload=body if queued else None,
+            target_url=url if queued else None,
+            delivery_key=key or "",
+            revision=revision,
+            content_hash=digest,
         )
     purge_after_reduce(store, [b.idempotency_key for b in prepared.plan.batches],
                        keep=settings.keep_raw_responses)
-    return Finalized(native, outgoing)
+    return Finalized(native, outgoing, delivery_key=key, queued=queued, target_url=url)

@@ -7,6 +7,7 @@ reuse the cached prefix; each student's pages follow a text label carrying the s
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,6 +21,7 @@ __all__ = [
     "StudentPages",
     "build_messages",
     "correction_text",
+    "image_owner",
     "questions_text",
     "response_format",
     "response_schema",
@@ -98,6 +100,32 @@ def student_refs(messages: Sequence[dict[str, Any]]) -> list[str]:
                         if isinstance(part, dict) and part.get("type") == "text"
                         and str(part.get("text", "")).startswith(STUDENT_LABEL))
     return refs
+
+
+_PART_PARAM = re.compile(r"^messages\[(\d+)\]\.content\[(\d+)\]")
+
+
+def image_owner(messages: Sequence[dict[str, Any]], param: str | None) -> tuple[str, int] | None:
+    """The student ref and the 0-based page index of the image a provider error's `param` names
+    (e.g. "messages[2].content[5].image_url.url"), or None when it names no student's image."""
+    found = _PART_PARAM.match(param or "")
+    if found is None:
+        return None
+    i, j = int(found[1]), int(found[2])
+    content = messages[i].get("content") if i < len(messages) else None
+    if not isinstance(content, list) or j >= len(content):
+        return None
+    if not (isinstance(content[j], dict) and content[j].get("type") == "image_url"):
+        return None
+    ref: str | None = None
+    page = 0
+    for part in content[:j]:
+        text = str(part.get("text", "")) if isinstance(part, dict) else ""
+        if isinstance(part, dict) and part.get("type") == "text" and text.startswith(STUDENT_LABEL):
+            ref, page = text[len(STUDENT_LABEL):], 0
+        elif isinstance(part, dict) and part.get("type") == "image_url" and ref is not None:
+            page += 1
+    return (ref, page) if ref is not None else None
 
 
 def _image_part(url: str, detail: Detail) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from openai.types.chat import ChatCompletion
 from qbq.errors import (
     ConfigurationError,
     ProviderConnectionError,
+    ProviderContentError,
     ProviderError,
     ProviderRequestError,
     ProviderTimeoutError,
@@ -34,6 +35,7 @@ from qbq.errors import (
 from qbq.usage import Usage
 
 __all__ = ["STATUS_RULES", "ChatProvider", "ChatReply", "ChatRequest", "OpenAIChatProvider",
+           "content_param",
            "is_loopback_host", "make_openai_client", "translate_error"]
 
 _RATE_HEADERS = (
@@ -188,12 +190,34 @@ STATUS_RULES: tuple[tuple[Callable[[int], bool], type[ProviderError], str], ...]
 )
 
 
+def _error_field(exc: openai.APIStatusError, name: str) -> str | None:
+    body = exc.body
+    err = body.get("error", body) if isinstance(body, dict) else None
+    value = err.get(name) if isinstance(err, dict) else None
+    return str(value) if value is not None else None
+
+
+def content_param(param: str | None) -> bool:
+    """Whether a 400's `param` points at what the request carries (null: OpenAI's reply for an
+    undecodable image; `messages...`: a part or the size; `response_format`: the schema), so a
+    smaller batch may pass — rather than at a setting every batch shares (`model`, ...)."""
+    return param is None or param.startswith(("messages", "response_format"))
+
+
 def _status_error(exc: openai.APIStatusError) -> ProviderError:
     code, detail, headers = exc.status_code, _error_detail(exc), exc.response.headers
     kind, label = next((kind, label) for match, kind, label in STATUS_RULES if match(code))
     message = f"{label} ({code}): {detail}"
-    error: ProviderError = (RateLimitedError(message, retry_after=_retry_after(headers))
-                            if kind is RateLimitedError else kind(message, status_code=code))
+    error: ProviderError
+    if kind is RateLimitedError:
+        error = RateLimitedError(message, retry_after=_retry_after(headers))
+    elif kind is ProviderRequestError:
+        param = _error_field(exc, "param")
+        content = code == 400 and content_param(param)
+        error = (ProviderContentError if content else ProviderRequestError)(
+            message, status_code=code, param=param, code=_error_field(exc, "code"))
+    else:
+        error = kind(message, status_code=code)
     should_retry = headers.get("x-should-retry")
     if should_retry in ("true", "false"):
         error.transient = should_retry == "true"

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from qbq.domain import GradingRequest, Student
 from qbq.payload import (
     LegacyAnswer,
+    LegacyFailure,
     LegacyPayload,
     LegacyStudent,
     NativePayload,
@@ -81,8 +82,8 @@ def _graded_student(student: Student, reply: Mapping[str, Any],
     )
     name = StudentName.model_validate(reply["name"]) if reply.get("name") else None
     return PayloadStudent(ref=student.ref, image_ids=student.image_ids, status="graded",
-                          needs_review=answers_need_review((a.confidence, a.status)
-                                                           for a in answers),
+                          needs_review=student.review_note is not None
+                          or answers_need_review((a.confidence, a.status) for a in answers),
                           name=name, answers=answers)
 
 
@@ -142,27 +143,36 @@ def _failure_reason(stored: StoredBatch | None,
 
 
 def to_legacy(payload: NativePayload, request: GradingRequest) -> LegacyPayload:
-    """The payload in the replaced system's shape (unknown extra fields are ignored there)."""
-    reasons = {f.ref: f.reason for f in payload.failures}
+    """The payload in the replaced system's shape (unknown extra fields are ignored there):
+    `data` holds the graded students only, `failures` the others; image ids are integers again
+    for a legacy request (its ids were integers)."""
+
+    def ids(image_ids: list[str]) -> list[int] | list[str]:
+        legacy_ids = request.source_format == "legacy" and all(i.isdigit() for i in image_ids)
+        return [int(i) for i in image_ids] if legacy_ids else image_ids
+
+    by_ref = {s.ref: s for s in payload.students}
     data = [
         LegacyStudent(
             first_name=s.name.first if s.name else "",
             last_name=s.name.last if s.name else "",
-            image_ids=s.image_ids,
+            image_ids=ids(s.image_ids),
             answers=[LegacyAnswer(question_number=a.question_number, mark=a.mark,
                                   feedback=a.feedback) for a in s.answers],
             ref=s.ref,
-            status=s.status,
-            failure_reason=reasons.get(s.ref),
+            needs_review=s.needs_review,
         )
-        for s in payload.students
+        for s in payload.students if s.status == "graded"
     ]
+    failures = [LegacyFailure(ref=f.ref, image_ids=ids(by_ref[f.ref].image_ids), reason=f.reason,
+                              error_type=f.error_type) for f in payload.failures]
     legacy = request.legacy
     return LegacyPayload(
         assessment_id=legacy.assessment_id if legacy else payload.assessment_id,
         assessment_settings_id=legacy.assessment_settings_id if legacy else None,
         status=payload.status,
         data=data,
+        failures=failures,
         process_id=payload.process_id,
         simulated=payload.summary.simulated,
     )

@@ -221,24 +221,40 @@ def request_problems(req: NativeRequest) -> list[str]:
 
 
 def legacy_problems(req: LegacyRequest) -> list[str]:
+    """What the replaced system would also have refused. It allowed a short last group (a
+    student with fewer pages) and `max_mark` 0, so qbq does too; images given page-major
+    (every student's page 1, then every page 2) would be grouped into the wrong students, so
+    the first group with a repeated `page_number` is refused."""
     problems: list[str] = []
     if not req.images:
         problems.append("images: no images, so no students to grade")
-    elif len(req.images) % req.pages_per_student:
-        problems.append(
-            f"images: {len(req.images)} images is not a multiple of "
-            f"pages_per_student={req.pages_per_student}"
-        )
     if not req.question_list:
         problems.append("question_list: no questions")
     for i, q in enumerate(req.question_list):
-        if not q.max_mark > 0:
-            problems.append(f"question_list[{i}].max_mark: must be > 0, got {q.max_mark}")
+        if not q.max_mark >= 0:
+            problems.append(f"question_list[{i}].max_mark: must be >= 0, got {q.max_mark}")
     for qnum, idx in _duplicates([q.question_number for q in req.question_list]).items():
         problems.append(f"question_list: duplicate question_number {qnum!r} at positions {idx}")
     for page_id, idx in _duplicates([str(im.id) for im in req.images]).items():
         problems.append(f"images: duplicate image id {page_id} at positions {idx}")
+    if (page_major := _page_major_group(req)) is not None:
+        problems.append(page_major)
     return problems
+
+
+def _page_major_group(req: LegacyRequest) -> str | None:
+    """Why the first student group repeating a `page_number` is wrong, or None."""
+    n = req.pages_per_student
+    for k, start in enumerate(range(0, len(req.images), n)):
+        group = req.images[start : start + n]
+        repeated = _duplicates([str(im.page_number) for im in group])
+        if repeated:
+            number = next(iter(repeated))
+            return (f"images[{start}:{start + len(group)}] (student {k + 1}): page_number "
+                    f"{number} appears {len(repeated[number])} times in one student's group of "
+                    f"pages_per_student={n}; the images look page-major (every student's page 1, "
+                    "then every page 2): list them student by student")
+    return None
 
 
 def _is_legacy(data: dict[str, Any]) -> bool:
@@ -246,7 +262,16 @@ def _is_legacy(data: dict[str, Any]) -> bool:
 
 
 def parse_request(data: Any) -> NativeRequest | LegacyRequest:
-    """Validate a decoded request (native or legacy); raise RequestValidationError listing all."""
+    """Validate a decoded request (native or legacy); raise RequestValidationError listing all.
+
+    A list holding exactly one legacy request is that request (the replaced system received
+    its requests so).
+    """
+    if isinstance(data, list) and any(isinstance(d, dict) and _is_legacy(d) for d in data):
+        if len(data) != 1:
+            raise RequestValidationError(
+                [f"request: a list body must hold exactly one request, got {len(data)}"])
+        data = data[0]
     if not isinstance(data, dict):
         raise RequestValidationError([f"request: must be a JSON object, got {type(data).__name__}"])
     model: type[NativeRequest] | type[LegacyRequest] = (

@@ -200,6 +200,10 @@ class QbqSettings(BaseSettings):
         120.0, gt=0, description="Timeout of one model request, in seconds."
     )
     delivery_timeout_s: float = Field(30.0, gt=0, description="Timeout of one results POST.")
+    delivery_deadline_s: float = Field(
+        120.0, gt=0, description="Overall deadline of one results POST or lookup, in seconds "
+        "(delivery_timeout_s bounds each read; this bounds the whole exchange)."
+    )
     delivery_backoff_s: float = Field(
         30.0, ge=0, description="Wait before re-sending a failed delivery; doubles per attempt "
         "(at most an hour)."

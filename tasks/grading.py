@@ -86,4 +86,5 @@ def deliver_task(process_id: str, run: RunRef) -> DeliveryReport:
     resources = resources_for(run)
     return drain_outbox(resources.store, resources.http, process_id=process_id,
                         lookup_url=run.settings.results_api_lookup_url, ignore_backoff=True,
-                        backoff_s=run.settings.delivery_backoff_s)
+                        backoff_s=run.settings.delivery_backoff_s,
+                        deadline_s=run.settings.delivery_deadline_s)

@@ -7,7 +7,7 @@ and never commit.
 from __future__ import annotations
 
 from qbq.errors import StoreStateError
-from qbq.store.engine import Store
+from qbq.store.engine import Store, describe_store, sqlite_file
 from qbq.store.leases import (
     BatchClaim,
     acquire_batch_lease,
@@ -35,6 +35,7 @@ from qbq.store.repository import (
     get_outbox,
     get_process,
     list_attempt_errors,
+    list_outbox,
     mark_delivered,
     mark_delivery_failed,
     pending_outbox,
@@ -60,12 +61,14 @@ __all__ = [
     "acquire_batch_lease",
     "acquire_outbox_lease",
     "complete_process",
+    "describe_store",
     "ensure_batches",
     "ensure_process",
     "get_batches",
     "get_outbox",
     "get_process",
     "list_attempt_errors",
+    "list_outbox",
     "mark_delivered",
     "mark_delivery_failed",
     "new_owner_id",
@@ -77,5 +80,6 @@ __all__ = [
     "record_batch_success",
     "renew_batch_lease",
     "set_process_status",
+    "sqlite_file",
     "utcnow",
 ]

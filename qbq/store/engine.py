@@ -23,7 +23,8 @@ from sqlalchemy.pool import StaticPool
 from qbq.settings import QbqSettings
 from qbq.store.models import StoreMetaRow
 
-__all__ = ["MIGRATION_LOCK_ID", "Store", "alembic_config", "migration_connection"]
+__all__ = ["MIGRATION_LOCK_ID", "Store", "alembic_config", "describe_store", "migration_connection",
+           "sqlite_file"]
 
 #: PostgreSQL advisory lock key that serialises concurrent migrations ("qbq" + 0x0001).
 MIGRATION_LOCK_ID = 0x71627100_0001
@@ -87,6 +88,11 @@ class Store:
         return cls(settings.database_url)
 
     @property
+    def label(self) -> str:
+        """Which store this is, for people (`describe_store`)."""
+        return describe_store(self.url)
+
+    @property
     def dialect(self) -> str:
         """`sqlite` or `postgresql`."""
         return self.engine.dialect.name
@@ -123,6 +129,23 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The absolute path of the SQLite file `url` names; None for PostgreSQL or in-memory."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") \
+            or "mode=memory" in database or database.startswith("file:"):
+        return None
+    return Path(database).expanduser().resolve()
+
+
+def describe_store(url: str) -> str:
+    """The store `url` names, for people: the SQLite file's absolute path, or the URL without
+    its password."""
+    path = sqlite_file(url)
+    return str(path) if path is not None else make_url(url).render_as_string(hide_password=True)
 
 
 def _create_engine(url: str) -> Engine:

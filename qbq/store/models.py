@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -43,11 +44,11 @@ __all__ = [
 
 ProcessStatus = Literal["planned", "grading", "completed", "failed"]
 BatchStatus = Literal["pending", "running", "succeeded", "failed"]
-OutboxStatus = Literal["pending", "delivered", "failed"]
+OutboxStatus = Literal["pending", "delivered", "failed", "superseded"]
 
 PROCESS_STATUSES: tuple[ProcessStatus, ...] = ("planned", "grading", "completed", "failed")
 BATCH_STATUSES: tuple[BatchStatus, ...] = ("pending", "running", "succeeded", "failed")
-OUTBOX_STATUSES: tuple[OutboxStatus, ...] = ("pending", "delivered", "failed")
+OUTBOX_STATUSES: tuple[OutboxStatus, ...] = ("pending", "delivered", "failed", "superseded")
 
 #: Constraint names are deterministic so later (batch-mode) migrations can refer to them.
 NAMING_CONVENTION = {
@@ -183,16 +184,23 @@ class BatchAttemptRow(Base):
 
 
 class OutboxRow(Base):
-    """The results payload of one finished process, waiting to be (or already) delivered."""
+    """One revision of a process's results payload, waiting to be (or already) delivered.
+
+    A finalize whose payload differs from the last revision queued adds revision N + 1
+    (`content_hash` tells them apart); an undelivered older revision is then `superseded`.
+    """
 
     __tablename__ = "outbox"
     __table_args__ = (
         CheckConstraint(_in("status", OUTBOX_STATUSES), name="status"),
         Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+        UniqueConstraint("process_id", "revision", name="uq_outbox_process_id_revision"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    process_id: Mapped[str] = mapped_column(ForeignKey("processes.id"), unique=True)
+    process_id: Mapped[str] = mapped_column(ForeignKey("processes.id"))
+    revision: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    content_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     target_url: Mapped[str] = mapped_column(Text)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -7,7 +7,9 @@ State rules, enforced by conditional UPDATEs so concurrent writers cannot break 
 * process: planned → grading → completed | failed; failed → grading again; completed is final.
 * batch: pending → running → succeeded | failed; failed → running again; running → running
   (a claim after a crash); succeeded is final and never overwritten.
-* outbox: pending → delivered | failed.
+* outbox: pending → delivered | failed | superseded (a newer revision of the same process
+  was queued before this one went out); superseded → delivered (a send already under way).
+  Each process has one row per payload revision, 1, 2, ...
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "get_outbox",
     "get_process",
     "list_attempt_errors",
+    "list_outbox",
     "mark_delivered",
     "mark_delivery_failed",
     "pending_outbox",
@@ -170,12 +173,17 @@ def complete_process(
     payload: dict[str, Any] | None,
     target_url: str | None,
     delivery_key: str,
+    revision: int = 1,
+    content_hash: str | None = None,
     now: datetime | None = None,
 ) -> OutboxRow | None:
-    """Finish the process and, with a payload and target, queue its delivery; return the outbox row.
+    """Finish the process and, with a payload and target, queue `revision` of its payload;
+    return the process's latest outbox row (None when it has none).
 
-    Both writes belong to the caller's one transaction. The outbox insert is ignored when the
-    process (or `delivery_key`) already has one, so a repeated completion queues nothing new.
+    Both writes belong to the caller's one transaction. The insert is ignored when the process
+    already has this `revision` (or `delivery_key` exists), so a repeated completion queues
+    nothing new. When it is inserted, older revisions still pending become `superseded`: the
+    platform gets the newest payload only, never an old one after it.
     """
     if status not in ("completed", "failed"):
         raise ValueError(f"complete_process needs completed or failed, not {status!r}")
@@ -184,6 +192,8 @@ def complete_process(
         at = now or utcnow()
         row = {
             "process_id": process_id,
+            "revision": revision,
+            "content_hash": content_hash,
             "idempotency_key": delivery_key,
             "target_url": target_url,
             "payload": payload,
@@ -193,6 +203,14 @@ def complete_process(
             "created_at": at,
         }
         _insert_ignore(session, OutboxRow, [row], conflict=None)
+        queued = session.scalar(select(OutboxRow.process_id)
+                                .where(OutboxRow.idempotency_key == delivery_key))
+        if queued == process_id:
+            session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.process_id == process_id, OutboxRow.revision < revision,
+                       OutboxRow.status == "pending")
+                .values(status="superseded", lease_owner=None, lease_expires_at=None))
     return get_outbox(session, process_id)
 
 
@@ -368,9 +386,17 @@ def purge_raw_responses(
 
 
 def get_outbox(session: Session, process_id: str) -> OutboxRow | None:
-    """The process's outbox row, fresh from the database, or None."""
-    stmt = select(OutboxRow).where(OutboxRow.process_id == process_id)
+    """The process's latest outbox row (highest revision), fresh from the database, or None."""
+    stmt = (select(OutboxRow).where(OutboxRow.process_id == process_id)
+            .order_by(OutboxRow.revision.desc()).limit(1))
     return session.scalars(_fresh(stmt)).first()
+
+
+def list_outbox(session: Session, process_id: str) -> list[OutboxRow]:
+    """Every outbox row (payload revision) of the process, oldest revision first."""
+    stmt = (select(OutboxRow).where(OutboxRow.process_id == process_id)
+            .order_by(OutboxRow.revision))
+    return list(session.scalars(_fresh(stmt)))
 
 
 def pending_outbox(session: Session, *, now: datetime, limit: int = 100) -> list[OutboxRow]:
@@ -391,10 +417,13 @@ def pending_outbox(session: Session, *, now: datetime, limit: int = 100) -> list
 
 
 def mark_delivered(session: Session, outbox_id: int, *, at: datetime) -> bool:
-    """Mark a pending delivery done (attempts + 1); False if it was not pending."""
+    """Mark a pending delivery done (attempts + 1); False if it was not pending.
+
+    A row superseded while its POST was under way is marked delivered too: it did arrive.
+    """
     stmt = (
         update(OutboxRow)
-        .where(OutboxRow.id == outbox_id, OutboxRow.status == "pending")
+        .where(OutboxRow.id == outbox_id, OutboxRow.status.in_(("pending", "superseded")))
         .values(status="delivered", delivered_at=at, attempts=OutboxRow.attempts + 1,
                 lease_owner=None, lease_expires_at=None)
     )

@@ -3,11 +3,13 @@
 Each episode grades a fresh request with the real CLI in a separate process against a real
 Prefect server, the OpenAI simulator and the reference receiver (all on loopback), and kills it
 with SIGKILL during planning, with batches in flight, after reduce, or during delivery — also
-with two runs of the same request started together, and with the receiver refusing requests for
-a while. Then it reruns the request until it completes. It prints, per scenario and in total:
-runs, kills, model calls for batches that had already completed, results rows written twice,
-payloads the receiver got more than once (what it would have stored twice without its own
-dedup), and students lost or wrong. Every loss/duplicate column must be 0.
+with two runs of the same request started together, with the receiver refusing requests for
+a while, and during the delivery of a corrected payload (revision 2, after a first run in which
+the model refused a batch). Then it reruns the request until it completes. It prints, per
+scenario and in total: runs, kills, model calls for batches that had already completed, results
+rows written twice, payloads the receiver got more than once (what it would have stored twice
+without its own dedup), students lost or wrong (in the newest revision the platform holds), and
+corrected payloads delivered. Every loss/duplicate column must be 0.
 
 The command is `python benchmarks/chaos.py [--kills 50] [--seed 1] [--store sqlite|postgres]`.
 """
@@ -41,7 +43,7 @@ from qbq.store import BatchRow, OutboxRow, ProcessRow, Store
 from qbq.testing.harness import batch_refs, buffer_body, pg_database, prefect_server
 
 PHASES = ("planning", "grading", "after_reduce", "delivery")
-SCENARIOS = ("kill", "kill", "kill", "duplicate", "receiver_down")
+SCENARIOS = ("kill", "kill", "kill", "duplicate", "receiver_down", "revision")
 
 
 # --- instrumented stand-ins ---------------------------------------------------------------------
@@ -138,6 +140,8 @@ class ChaosReport:
     students: int
     students_lost: int
     seconds: float
+    #: Payloads received with revision > 1 (corrections that reached the platform).
+    revisions_delivered: int = 0
 
     @property
     def ok(self) -> bool:
@@ -203,9 +207,9 @@ class Chaos:
 
     def _outbox_pending(self, process_id: str) -> bool:
         with self.store.transaction() as session:
-            row = session.scalars(select(OutboxRow)
-                                  .where(OutboxRow.process_id == process_id)).first()
-            return row is not None and row.status == "pending"
+            return session.scalars(select(OutboxRow.id).where(
+                OutboxRow.process_id == process_id, OutboxRow.status == "pending")).first() \
+                is not None
 
     def wait_for_phase(self, proc: subprocess.Popen[bytes], phase: str, index: int,
                        timeout: float = 90.0) -> bool:
@@ -269,6 +273,15 @@ class Chaos:
             else:
                 first.wait()
             second.wait()
+        elif scenario == "revision":
+            # revision 1: the model refuses one batch, the run ends failed and delivers that;
+            # then a clean rerun is killed while revision 2 is being posted
+            self._fault_script(["refusal"])
+            try:
+                self.start(request, tally).wait()
+            finally:
+                self._fault_script([])
+            self.kill(self.start(request, tally), "delivery", tally, index)
         elif scenario == "receiver_down":
             httpx.post(f"{self.receiver.url}/_control", json={"refuse_next": 3}, timeout=10)
             proc = self.start(request, tally)
@@ -278,6 +291,9 @@ class Chaos:
                 proc.wait()
             httpx.post(f"{self.receiver.url}/_control", json={"refuse_next": 0}, timeout=10)
         self.finish(request, tally)
+
+    def _fault_script(self, faults: list[str]) -> None:
+        httpx.post(f"{self.sim.url}/_sim/config", json={"fault_script": faults}, timeout=10)
 
     def snapshot(self) -> None:
         """Remember when each succeeded batch was written; a later change is a rewrite."""
@@ -291,7 +307,10 @@ class Chaos:
 
     def students_lost(self) -> tuple[int, int]:
         got = httpx.get(f"{self.receiver.url}/results", timeout=30).json()
-        by_assessment = {p["payload"]["assessment_id"]: p["payload"] for p in got["payloads"]}
+        # the newest revision of each assessment is what the platform keeps
+        by_assessment: dict[str, Any] = {}
+        for p in sorted(got["payloads"], key=lambda p: p["payload"].get("revision", 1)):
+            by_assessment[p["payload"]["assessment_id"]] = p["payload"]
         total = lost = 0
         for i, request in enumerate(self.requests):
             truth = truth_of(request)  # keyed by the request's (rewritten) refs
@@ -353,13 +372,16 @@ def run_chaos(*, kills: int, seed: int = 1, students: int = 9, store: str = "sql
                         index += 1
                     chaos.snapshot()
                     n_students, lost = chaos.students_lost()
-                    dup = httpx.get(f"{receiver.url}/results", timeout=30).json()["duplicates"]
+                    held = httpx.get(f"{receiver.url}/results", timeout=30).json()
+                    dup = held["duplicates"]
+                    revised = sum(1 for p in held["payloads"]
+                                  if p["payload"].get("revision", 1) > 1)
                     return ChaosReport(
                         episodes=index, by_scenario=tallies, model_calls=recorder.calls,
                         calls_for_completed_batches=len(recorder.calls_for_completed),
                         rows_written_twice=len(chaos.rewritten), payloads_more_than_once=dup,
                         students=n_students, students_lost=lost,
-                        seconds=time.monotonic() - started)
+                        seconds=time.monotonic() - started, revisions_delivered=revised)
         finally:
             db_store.dispose()
             for cleanup in cleanups:
@@ -383,6 +405,7 @@ def format_report(report: ChaosReport) -> str:
         f"{'results rows written twice':<44} {report.rows_written_twice}",
         f"{'payloads received more than once (no dedup)':<44} {report.payloads_more_than_once}",
         f"{'students lost or wrong':<44} {report.students_lost} of {report.students}",
+        f"{'corrected payloads delivered (revision > 1)':<44} {report.revisions_delivered}",
         "",
         f"summary: {report.episodes} episodes, {runs} runs, {kills} SIGKILLs in "
         f"{report.seconds:.0f} s — duplicates/losses: {report.calls_for_completed_batches}/"

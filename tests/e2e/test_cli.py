@@ -79,7 +79,7 @@ def test_bad_input_exits_2_without_model_call(case: str, sample: Path, tmp_path:
     assert httpx.get(f"{simulator.url}/_sim/stats", timeout=10).json()["requests"] == 0
 
 
-def test_malformed_json_and_legacy_count_exit_2(tmp_path: Path) -> None:
+def test_malformed_json_and_page_major_legacy_exit_2(tmp_path: Path) -> None:
     broken = tmp_path / "broken.json"
     broken.write_text('{"assessment_id": "x", ')
     result = run(["plan", str(broken)])
@@ -89,14 +89,14 @@ def test_malformed_json_and_legacy_count_exit_2(tmp_path: Path) -> None:
     legacy.write_text(json.dumps({
         "external_assessment_id": 1, "external_assessment_settings_id": 2,
         "external_assessment_file_id": 3, "pages_per_student": 2, "prompt": None,
-        "images": [{"id": i, "page_number": i, "aws_path": f"https://x.test/{i}.png"}
-                   for i in range(1, 4)],
+        "images": [{"id": i, "page_number": n, "aws_path": f"https://x.test/{i}.png"}
+                   for i, n in zip(range(1, 5), (1, 1, 2, 2), strict=True)],
         "model_assessment": None,
         "question_list": [{"question_number": "1", "max_mark": 2}],
     }))
     result = run(["plan", str(legacy)])
     assert result.returncode == 2
-    assert "3 images is not a multiple of pages_per_student=2" in result.stderr
+    assert "images[0:2] (student 1): page_number 1 appears 2 times" in result.stderr
 
 
 def test_unknown_model_accepted_when_limits_are_given(sample: Path, tmp_path: Path) -> None:

@@ -100,7 +100,7 @@ def test_legacy_request_in_legacy_payload_out(
     assert payload["assessment_settings_id"] == body["external_assessment_settings_id"]
     assert payload["status"] == "success"
     assert len(payload["data"]) == 4
-    image_ids = [str(im["id"]) for im in body["images"]]
+    image_ids = [im["id"] for im in body["images"]]  # integers, as the request gave them
     for i, entry in enumerate(payload["data"]):
         assert set(entry) >= {"first_name", "last_name", "answers", "image_ids"}
         assert entry["first_name"] and entry["last_name"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,10 @@ from qbq import pipeline
 from qbq.domain import Student
 from qbq.errors import (
     ImageError,
+    ProviderConnectionError,
+    ProviderContentError,
     ProviderRequestError,
+    ProviderTimeoutError,
     ProviderUnavailableError,
     RateLimitedError,
     RefusalError,
@@ -22,7 +26,18 @@ from qbq.errors import (
     RetryBudgetExhaustedError,
     TruncatedResponseError,
 )
-from qbq.grading import Fail, GroupState, MoreRoom, Reask, Retry, Rules, Split, decide, grade_batch
+from qbq.grading import (
+    Fail,
+    GroupState,
+    Isolate,
+    MoreRoom,
+    Reask,
+    Retry,
+    Rules,
+    Split,
+    decide,
+    grade_batch,
+)
 from qbq.limiter import Limits, MemoryBackend, RateLimiter
 from qbq.preparation import Prepared, prepare
 from qbq.provider import ChatReply, ChatRequest
@@ -300,8 +315,19 @@ def test_the_decision_table_reads_as_documented() -> None:
     retry = decide(ProviderUnavailableError("503"), state(two, provider_failures=1), rules)
     assert isinstance(retry, Retry) and 0.0 <= retry.delay_s <= 2.0
     assert decide(RateLimitedError("429"), state(two), rules) == Retry(0.0)
-    assert decide(ProviderUnavailableError("503"), state(two, provider_failures=2), rules) == Fail()
-    assert decide(ProviderRequestError("400", status_code=400), state(two), rules) == Fail()
+    # retries spent on a timeout or a 5xx: split, so one student cannot fail the others
+    assert decide(ProviderUnavailableError("503"), state(two, provider_failures=2),
+                  rules) == Isolate()
+    assert decide(ProviderTimeoutError("slow"), state(two, provider_failures=2),
+                  rules) == Isolate()
+    assert decide(ProviderUnavailableError("503"), state(one, provider_failures=2), rules) == Fail()
+    assert decide(ProviderConnectionError("reset"), state(two, provider_failures=2),
+                  rules) == Fail()
+    assert decide(ProviderRequestError("401", status_code=401), state(two), rules) == Fail()
+    # a 400 for the content: bisect; one student left: fail it, flagged for review
+    assert decide(ProviderContentError("400", status_code=400), state(two), rules) == Isolate()
+    alone = decide(ProviderContentError("400", status_code=400), state(one), rules)
+    assert isinstance(alone, Fail) and alone.needs_review and "student A" in (alone.reason or "")
     assert decide(TruncatedResponseError("cut"), state(two), rules) == Split()
     assert decide(TruncatedResponseError("cut"), state(one), rules) == MoreRoom(800)
     cut = decide(TruncatedResponseError("cut"), state(one, max_completion_tokens=1000), rules)
@@ -313,3 +339,97 @@ def test_the_decision_table_reads_as_documented() -> None:
     assert decide(ResponseShapeError("not JSON"), state(two, reasks=1), rules) == Fail()
     with pytest.raises(ImageError):  # not a grading fault: it propagates
         decide(ImageError("page gone"), state(two), rules)
+
+
+# --- isolation: one student's page never fails the others --------------------------------------
+
+UNDECODABLE = "You uploaded an unsupported image. Please make sure your image is valid."
+
+
+def content_error(param: str | None, message: str = UNDECODABLE) -> ProviderContentError:
+    return ProviderContentError(f"request refused (400): {message}", status_code=400,
+                                param=param, code="invalid_image_format")
+
+
+def refuse_when(bad: str, error: Callable[[ChatRequest], Exception],
+                qnums: list[str]) -> Callable[[list[str], ChatRequest], Any]:
+    def behave(refs: list[str], request: ChatRequest) -> Any:
+        return error(request) if bad in refs else reply(json.dumps(answers(refs, qnums)))
+    return behave
+
+
+def image_param(request: ChatRequest, ref: str) -> str:
+    """The `param` OpenAI gives for `ref`'s first image in `request`."""
+    for i, message in enumerate(request.messages):
+        content = message["content"]
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if part.get("text") == f"Student ref: {ref}":
+                    return f"messages[{i}].content[{j + 1}].image_url.url"
+    raise AssertionError(ref)
+
+
+def test_a_refusal_naming_an_image_fails_that_student_alone(
+        setup: tuple[Prepared, Store]) -> None:
+    prepared, store = setup
+    batch = prepared.plan.batches[0]
+    refs = [s.ref for s in batch.students]
+    bad = refs[3]
+    signed = "https://pages.test/p.png?X-Amz-Signature=s3cret"
+    provider = ScriptedProvider(qnums(prepared), [
+        lambda r, m: content_error(image_param(m, bad), f"Error while downloading {signed}.")])
+
+    outcome = grade_batch(batch, prepared.request, fake_run(store, provider, FakeClock()).deps)
+
+    assert provider.refs_per_call == [refs, [r for r in refs if r != bad]]  # straight to it
+    result = stored(store, batch.idempotency_key).result
+    assert set(result["students"]) == set(refs) - {bad} and outcome.n_graded == len(refs) - 1
+    failure = result["failures"][bad]
+    page_id = batch.students[3].pages[0].image_id
+    assert failure["reason"] == (f"student {bad}: page {page_id} refused by the provider: "
+                                 "request refused (400): Error while downloading "
+                                 "https://pages.test/p.png?[redacted]")
+    assert "s3cret" not in json.dumps(result)
+    assert (failure["error_type"], failure["needs_review"]) == ("ProviderContentError", True)
+
+
+def test_a_refusal_naming_no_image_is_bisected_to_the_student_at_fault(
+        setup: tuple[Prepared, Store]) -> None:
+    prepared, store = setup
+    batch = prepared.plan.batches[0]
+    refs = [s.ref for s in batch.students]
+    assert len(refs) == 6
+    bad = refs[4]
+    provider = ScriptedProvider(qnums(prepared), [
+        refuse_when(bad, lambda m: content_error(None), qnums(prepared))] * 20)
+
+    grade_batch(batch, prepared.request, fake_run(store, provider, FakeClock()).deps)
+
+    assert provider.refs_per_call == [refs, refs[:3], refs[3:], refs[3:5], [refs[3]], [bad],
+                                      [refs[5]]]
+    result = stored(store, batch.idempotency_key).result
+    assert set(result["students"]) == set(refs) - {bad}
+    page_id = batch.students[4].pages[0].image_id
+    assert result["failures"][bad]["reason"] == (
+        f"student {bad}: page {page_id} refused by the provider: request refused (400): "
+        f"{UNDECODABLE}")
+
+
+def test_a_group_that_keeps_timing_out_is_split_after_its_retries(
+        setup: tuple[Prepared, Store]) -> None:
+    prepared, store = setup
+    batch = prepared.plan.batches[0]
+    refs = [s.ref for s in batch.students]
+    bad = refs[0]
+    provider = ScriptedProvider(qnums(prepared), [
+        refuse_when(bad, lambda m: ProviderTimeoutError("the model request timed out"),
+                    qnums(prepared))] * 40)
+    run = fake_run(store, provider, FakeClock(), policy=GradingPolicy(max_attempts=2))
+
+    grade_batch(batch, prepared.request, run.deps)
+
+    result = stored(store, batch.idempotency_key).result
+    assert set(result["students"]) == set(refs) - {bad}
+    assert result["failures"][bad]["error_type"] == "ProviderTimeoutError"
+    # each group holding the slow student is tried max_attempts times, then halved
+    assert [len(c) for c in provider.refs_per_call] == [6, 6, 3, 3, 2, 2, 1, 1, 1, 1, 3]

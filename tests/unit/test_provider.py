@@ -10,6 +10,7 @@ import pytest
 from qbq.errors import (
     ConfigurationError,
     ProviderConnectionError,
+    ProviderContentError,
     ProviderError,
     ProviderRequestError,
     ProviderTimeoutError,
@@ -31,7 +32,7 @@ def status_error(code: int, headers: dict[str, str] | None = None) -> openai.API
 # status → (qbq error, transient); the choice for 408, 409 and x-should-retry follows the SDK's
 # own retry rule (openai._base_client.BaseClient._should_retry)
 TABLE: list[tuple[int, dict[str, str], type[ProviderError], bool]] = [
-    (400, {}, ProviderRequestError, False),
+    (400, {}, ProviderContentError, False),  # param null: OpenAI's reply for a bad image
     (401, {}, ProviderRequestError, False),
     (403, {}, ProviderRequestError, False),
     (404, {}, ProviderRequestError, False),
@@ -42,7 +43,7 @@ TABLE: list[tuple[int, dict[str, str], type[ProviderError], bool]] = [
     (500, {}, ProviderUnavailableError, True),
     (502, {}, ProviderUnavailableError, True),
     (503, {}, ProviderUnavailableError, True),
-    (400, {"x-should-retry": "true"}, ProviderRequestError, True),
+    (400, {"x-should-retry": "true"}, ProviderContentError, True),
     (503, {"x-should-retry": "false"}, ProviderUnavailableError, False),
     (429, {"x-should-retry": "false"}, RateLimitedError, False),
 ]
@@ -57,6 +58,24 @@ def test_status_codes_map_to_one_error_each(code: int, headers: dict[str, str],
     assert type(error) is kind
     assert error.transient is transient
     assert str(code) in error.message and f"the provider says {code}" in error.message
+
+
+@pytest.mark.parametrize(("param", "kind"), [
+    ("messages[2].content[5].image_url.url", ProviderContentError),
+    ("messages", ProviderContentError),
+    ("response_format", ProviderContentError),
+    ("model", ProviderRequestError),
+    ("reasoning_effort", ProviderRequestError),
+])
+def test_a_400_is_about_the_content_when_its_param_points_there(
+        param: str, kind: type[ProviderError]) -> None:
+    error = status_error(400)
+    error.body = {"error": {"message": "bad", "type": "invalid_request_error", "param": param,
+                            "code": "invalid_image_format"}}
+    translated = translate_error(error)
+    assert type(translated) is kind
+    assert isinstance(translated, ProviderRequestError)
+    assert (translated.param, translated.code) == (param, "invalid_image_format")
 
 
 def test_retry_after_headers_are_read_in_seconds() -> None:
