@@ -267,13 +267,15 @@ def test_errors_use_openai_classes_and_envelope(
     junk_uri = "data:image/png;base64," + base64.b64encode(b"not a png").decode()
     with pytest.raises(openai.BadRequestError) as undecodable:
         client.chat.completions.create(model=MODEL, messages=_with_image(junk_uri))
-    assert _message(undecodable.value).startswith("Invalid image")
+    # OpenAI's one wording for an image it cannot take, naming no image (param null)
+    assert _message(undecodable.value).startswith("You uploaded an unsupported image")
+    assert undecodable.value.param is None
 
     with pytest.raises(openai.BadRequestError) as junk_http:
         client.chat.completions.create(
             model=MODEL, messages=_with_image(f"{image_server}/pages/junk.png")
         )
-    assert _message(junk_http.value).startswith("Invalid image")
+    assert _message(junk_http.value).startswith("You uploaded an unsupported image")
 
     missing = f"{image_server}/pages/missing.png"
     with pytest.raises(openai.BadRequestError) as download:
