@@ -46,7 +46,13 @@ from qbq.errors import (
 from qbq.intake.cache import model_image_url
 from qbq.observability.logs import log_batch_event
 from qbq.planning import PlannedBatch, prompt_questions
-from qbq.prompts import StudentPages, build_messages, correction_text, response_format
+from qbq.prompts import (
+    StudentPages,
+    build_messages,
+    correction_text,
+    prompt_cache_key,
+    response_format,
+)
 from qbq.provider import ChatProvider, ChatRequest
 from qbq.recovery import BatchSizeHint
 from qbq.response import StudentOut, check_reply, parse_reply
@@ -263,6 +269,7 @@ class _BatchRun:
         self.last_raw: str | None = None
         self._requests_built = 0
         self._answer_urls = [page_url(p) for p in request.model_answer_pages]
+        self._cache_key = prompt_cache_key(request.assessment_id, request.prompt_fingerprint)
         self._page_urls: dict[str, list[str]] = {}
         self._renewed = time.monotonic()
 
@@ -281,7 +288,8 @@ class _BatchRun:
         self._requests_built += 1
         return ChatRequest(
             model=self.request.model, messages=messages,
-            response_format=response_format(refs, list(self.request.max_marks)),
+            response_format=response_format(list(self.request.max_marks)),
+            prompt_cache_key=self._cache_key,
             max_completion_tokens=state.max_completion_tokens,
             planned_prompt_tokens=self.batch.prompt_tokens_for(set(refs)),
             retry=self._requests_built > 1, on_send=self._on_send)
