@@ -5,7 +5,9 @@ USD per 1M tokens from https://platform.openai.com/docs/pricing).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from qbq.domain import GradingRequest, Student
 from qbq.model_spec import MODES, Mode, ModelSpec
@@ -13,7 +15,8 @@ from qbq.planning import BatchPlan
 from qbq.tokens import image_tokens
 from qbq.usage import Usage
 
-__all__ = ["ModeEstimate", "billed_input_tokens", "mode_estimates", "own_page_tokens",
+__all__ = ["ModeEstimate", "billed_input_tokens", "mode_estimates",
+           "own_page_tokens", "result_mode", "usage_by_mode",
            "usage_cost_usd"]
 
 
@@ -32,6 +35,20 @@ def usage_cost_usd(spec: ModelSpec, usage: Usage, mode: Mode) -> float:
     tokens as output). Raises `ConfigurationError` when the model is not offered in `mode`."""
     return spec.cost_usd_in_mode(mode, usage.prompt_tokens, usage.cached_tokens,
                                  usage.completion_tokens)
+
+
+def result_mode(result: Mapping[str, Any] | None) -> Mode:
+    """The mode a stored batch result was graded in ("sync" for results from before modes)."""
+    mode = (result or {}).get("mode")
+    return mode if mode in MODES else "sync"
+
+
+def usage_by_mode(batches: Iterable[tuple[Mode, Usage]]) -> dict[Mode, Usage]:
+    """`(mode, usage)` pairs (one per stored batch) added up per mode, in `MODES` order."""
+    usage: dict[Mode, Usage] = {}
+    for mode, used in batches:
+        usage[mode] = usage.get(mode, Usage()) + used
+    return {m: usage[m] for m in MODES if m in usage}
 
 
 @dataclass(frozen=True)

@@ -290,6 +290,7 @@ class _BatchRun:
             model=self.request.model, messages=messages,
             response_format=response_format(list(self.request.max_marks)),
             prompt_cache_key=self._cache_key,
+            service_tier="flex" if self.deps.policy.mode == "flex" else None,
             max_completion_tokens=state.max_completion_tokens,
             planned_prompt_tokens=self.batch.prompt_tokens_for(set(refs)),
             retry=self._requests_built > 1, on_send=self._on_send)
@@ -416,6 +417,7 @@ def _finish(run: _BatchRun, graded: _Graded) -> BatchOutcome:
         "failures": graded.failures,
         "simulated": run.simulated,
         "model_calls": usage.replies,
+        "mode": deps.policy.mode,
     }
     error = graded.last_error if graded.failures else None
     raw = run.last_raw if deps.keep_raw_responses or error else None

@@ -23,6 +23,7 @@ from openai.types.chat import ChatCompletion
 
 from qbq.errors import (
     ConfigurationError,
+    FlexUnavailableError,
     ProviderConnectionError,
     ProviderError,
     ProviderRequestError,
@@ -188,8 +189,21 @@ STATUS_RULES: tuple[tuple[Callable[[int], bool], type[ProviderError], str], ...]
 )
 
 
+#: The error `code` of flex's capacity 429 (https://platform.openai.com/docs/guides/flex-processing):
+#: retried with backoff, never paced as a rate limit.
+FLEX_UNAVAILABLE_CODE = "resource_unavailable"
+
+
+def _error_code(exc: openai.APIStatusError) -> str | None:
+    body = exc.body
+    err = body.get("error", body) if isinstance(body, dict) else None
+    return str(err["code"]) if isinstance(err, dict) and err.get("code") else None
+
+
 def _status_error(exc: openai.APIStatusError) -> ProviderError:
     code, detail, headers = exc.status_code, _error_detail(exc), exc.response.headers
+    if code == 429 and _error_code(exc) == FLEX_UNAVAILABLE_CODE:
+        return FlexUnavailableError(f"flex capacity unavailable (429): {detail}", status_code=429)
     kind, label = next((kind, label) for match, kind, label in STATUS_RULES if match(code))
     message = f"{label} ({code}): {detail}"
     error: ProviderError = (RateLimitedError(message, retry_after=_retry_after(headers))
