@@ -23,6 +23,7 @@ from qbq.progress import BatchProgress, publish
 from qbq.request import LegacyRequest, NativeRequest, inline_request_problem
 from qbq.resources import RunRef, run_resources
 from tasks.grading import (
+    batch_mode_task,
     deliver_task,
     finalize_task,
     grade_batch_task,
@@ -85,7 +86,10 @@ def grade_assessment(
     with run_resources(plan, settings, policy) as resources:
         run = resources.ref
         register_task(prepared, run)
-        _grade_all(prepared, run)
+        if policy.mode == "batch":
+            batch_mode_task(prepared, run)
+        else:
+            _grade_all(prepared, run)
         payloads = finalize_task(prepared, run)
         native = payloads.native
         delivery = deliver_task(plan.process_id, run) if settings.results_api_url else None

@@ -63,7 +63,7 @@ from qbq.store import repository as repo
 from qbq.usage import Usage
 
 __all__ = ["HANDLERS", "BatchOutcome", "Fail", "GradingDeps", "GroupState", "MoreRoom", "Reask",
-           "Retry", "Rules", "Split", "decide", "grade_batch", "page_url"]
+           "Retry", "Rules", "Split", "decide", "grade_batch", "page_url", "planned_request"]
 
 log = logging.getLogger("qbq.grading")
 
@@ -380,6 +380,14 @@ class _BatchRun:
         out.merge(self.grade(pending[:half]))
         out.merge(self.grade(pending[half:]))
         return out
+
+
+def planned_request(batch: PlannedBatch, request: GradingRequest,
+                    deps: GradingDeps) -> ChatRequest:
+    """The first request `grade_batch` sends for `batch`, all its students at once (what a
+    Batch API input line carries, so that its answer is recognised as this request's)."""
+    run = _BatchRun(batch, request, deps, owner="")
+    return run._chat_request(GroupState(list(batch.students), batch.max_completion_tokens))
 
 
 def _claim(batch: PlannedBatch, deps: GradingDeps, owner: str) -> bool:

@@ -35,7 +35,7 @@ from qbq.errors import (
 from qbq.usage import Usage
 
 __all__ = ["STATUS_RULES", "ChatProvider", "ChatReply", "ChatRequest", "OpenAIChatProvider",
-           "is_loopback_host", "make_openai_client", "translate_error"]
+           "chat_reply", "is_loopback_host", "make_openai_client", "translate_error"]
 
 _RATE_HEADERS = (
     "x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
@@ -237,6 +237,18 @@ def _usage(completion: ChatCompletion, latency_ms: float) -> Usage:
         latency_ms=latency_ms)
 
 
+def chat_reply(completion: ChatCompletion, *, simulated: bool, latency_ms: float,
+               rate_headers: Mapping[str, str] | None = None) -> ChatReply:
+    """A chat completion (a sync answer or a Batch API output line) as a `ChatReply`;
+    `ResponseShapeError` when it has no choices."""
+    if not completion.choices:
+        raise ResponseShapeError("the provider's answer has no choices")
+    choice = completion.choices[0]
+    return ChatReply(content=choice.message.content, refusal=choice.message.refusal,
+                     finish_reason=choice.finish_reason, usage=_usage(completion, latency_ms),
+                     simulated=simulated, rate_headers=dict(rate_headers or {}))
+
+
 class OpenAIChatProvider:
     """Chat Completions with strict structured output, through an injected SDK client."""
 
@@ -261,17 +273,10 @@ class OpenAIChatProvider:
         except openai.OpenAIError as exc:
             raise translate_error(exc) from exc
         latency_ms = (time.perf_counter() - start) * 1000.0
-        if not completion.choices:
-            raise ResponseShapeError("the provider's answer has no choices")
-        choice = completion.choices[0]
-        return ChatReply(
-            content=choice.message.content,
-            refusal=choice.message.refusal,
-            finish_reason=choice.finish_reason,
-            usage=_usage(completion, latency_ms),
-            simulated=raw.headers.get("x-qbq-simulated") == "true",
-            rate_headers={k: v for k in _RATE_HEADERS if (v := raw.headers.get(k)) is not None},
-        )
+        return chat_reply(
+            completion, simulated=raw.headers.get("x-qbq-simulated") == "true",
+            latency_ms=latency_ms,
+            rate_headers={k: v for k in _RATE_HEADERS if (v := raw.headers.get(k)) is not None})
 
     def close(self) -> None:
         """Close the SDK client's connections."""

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qbq.backoff import full_jitter
+from qbq.batch_api import OpenAIBatchAPI
 from qbq.errors import ConfigurationError
 from qbq.grading import GradingDeps
 from qbq.guards import guarded_provider
@@ -108,6 +109,14 @@ def make_provider(settings: QbqSettings, mode: Mode = "sync") -> OpenAIChatProvi
                                 timeout_s=timeout_s,
                                 loopback_only=settings.loopback_only)
     return OpenAIChatProvider(client)
+
+
+def make_batch_api(settings: QbqSettings) -> OpenAIBatchAPI:
+    """The Batch API adapter (batch mode), on the provider's identity; the caller closes it."""
+    api_key, base_url = _api_identity(settings)
+    return OpenAIBatchAPI(make_openai_client(
+        api_key=api_key, base_url=base_url, organization=settings.openai_organization,
+        timeout_s=settings.request_timeout_s, loopback_only=settings.loopback_only))
 
 
 def make_limiter(settings: QbqSettings) -> RateLimiter | None:

@@ -135,6 +135,13 @@ class GradingPolicy(BaseSettings):
         "Batch prices, slower, for the models that offer it; "
         "https://platform.openai.com/docs/guides/flex-processing).",
     )
+    batch_poll_s: float = Field(
+        30.0, gt=0.0, description="Batch mode: first wait before asking the Batch API whether "
+        "the job is done, in seconds; doubles after each look, up to batch_poll_max_s.",
+    )
+    batch_poll_max_s: float = Field(
+        600.0, gt=0.0, description="Batch mode: longest wait between two looks, in seconds.",
+    )
 
 
 class QbqSettings(BaseSettings):
