@@ -17,15 +17,20 @@ import openai
 from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
 
-from qbq.errors import ResponseShapeError
+from qbq.errors import ConfigurationError, ResponseShapeError
 from qbq.provider import ChatReply, ChatRequest, chat_reply, translate_error
 
-__all__ = ["BATCH_ENDPOINT", "COMPLETION_WINDOW", "TERMINAL_STATUSES", "BatchAPI", "BatchState",
+__all__ = ["BATCH_ENDPOINT", "COMPLETION_WINDOW", "MAX_INPUT_BYTES", "MAX_INPUT_LINES",
+           "TERMINAL_STATUSES", "BatchAPI", "BatchState",
            "OpenAIBatchAPI", "batch_input", "read_output"]
 
 BATCH_ENDPOINT: Literal["/v1/chat/completions"] = "/v1/chat/completions"
 #: The only window OpenAI offers: results within 24 hours, at half the price.
 COMPLETION_WINDOW: Literal["24h"] = "24h"
+#: Most bytes and lines one Batch API input file may hold
+#: (https://platform.openai.com/docs/guides/batch: 200 MB, 50,000 requests).
+MAX_INPUT_BYTES = 200 * 1024 * 1024
+MAX_INPUT_LINES = 50_000
 #: Batch statuses after which nothing more will be answered.
 TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
 
@@ -66,10 +71,20 @@ class BatchAPI(Protocol):
 
 
 def batch_input(lines: Mapping[str, ChatRequest]) -> bytes:
-    """The JSONL input file: one line per `custom_id` → request, in the given order."""
-    return "".join(json.dumps({"custom_id": custom_id, "method": "POST", "url": BATCH_ENDPOINT,
+    """The JSONL input file: one line per `custom_id` → request, in the given order.
+
+    Raises `ConfigurationError` when it would break the Batch API's 200 MB / 50,000-line caps
+    (qbq submits one job per process; pages sent as data URIs make lines large).
+    """
+    data = "".join(json.dumps({"custom_id": custom_id, "method": "POST", "url": BATCH_ENDPOINT,
                                "body": request.body()}, separators=(",", ":")) + "\n"
                    for custom_id, request in lines.items()).encode()
+    if len(data) > MAX_INPUT_BYTES or len(lines) > MAX_INPUT_LINES:
+        raise ConfigurationError(
+            f"QBQ_MODE=batch: the Batch API input would be {len(data):,} bytes in {len(lines):,} "
+            f"lines, over its {MAX_INPUT_BYTES:,}-byte / {MAX_INPUT_LINES:,}-line caps; grade "
+            "this request in sync or flex mode, or give its pages as URLs (QBQ_PAGE_URLS=pass)")
+    return data
 
 
 def read_output(data: bytes, *, simulated: bool) -> dict[str, ChatReply]:

@@ -78,6 +78,7 @@ def grade_in_batch_mode(prepared: Prepared, deps: GradingDeps, api: BatchAPI, *,
     lines = {b.idempotency_key: planned_request(b, request, deps) for b in pending}
     replies: dict[str, ChatReply] = {}
     if job is None and lines:
+        batch_input(lines)  # refuses an input over the Batch API's caps before any record
         job = _start(prepared, deps, list(lines))
     if job is not None and job.status != "collected":
         state = _submitted(job, lines, api, deps)

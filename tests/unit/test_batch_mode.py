@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from qbq import batch_api
 from qbq.batch_api import batch_input, read_output
 from qbq.batch_mode import BatchReplies, request_fingerprint
+from qbq.errors import ConfigurationError
 from qbq.provider import ChatRequest
 from qbq.testing.fakes import ScriptedProvider
 
@@ -65,3 +68,10 @@ def test_the_exam_session_deployment_runs_in_batch_mode() -> None:
     config = yaml.safe_load(Path("prefect.yaml").read_text(encoding="utf-8"))
     session = next(d for d in config["deployments"] if d["name"] == "exam-session")
     assert session["parameters"]["mode"] == "batch"
+
+
+def test_an_input_over_the_batch_apis_caps_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch_api, "MAX_INPUT_LINES", 1)
+    batch_input({"k1": _request("one")})
+    with pytest.raises(ConfigurationError, match="sync or flex"):
+        batch_input({"k1": _request("one"), "k2": _request("two")})
