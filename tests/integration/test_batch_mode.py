@@ -105,3 +105,22 @@ def test_a_run_killed_while_waiting_resumes_the_same_batch(
     assert _marks(prepared, store) == truth_of(request_path)
     stats = _stats(sim)
     assert (stats["batches"], stats["batch_requests"], stats["requests"]) == (1, 3, 0)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_flow_in_batch_mode_grades_through_one_batch_and_delivers(
+        tmp_path: Path, grading_env: str, sim: BackgroundServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.grade_assessment import grade_assessment
+
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{sim.url}/v1")  # the fast Batch API
+    monkeypatch.setenv("QBQ_BATCH_POLL_S", "0.01")
+    monkeypatch.setenv("QBQ_BATCH_POLL_MAX_S", "0.05")
+    httpx.post(f"{sim.url}/_sim/reset", timeout=10).raise_for_status()
+    request = write_sample(tmp_path / "s", students=4, pages=1, questions=2, seed=5,
+                           page_size=(400, 560))
+    result = grade_assessment(request_path=str(request), mode="batch")
+    assert result.status == "success" and result.summary.mode == "batch"
+    assert result.delivery is not None and result.delivery.delivered == 1
+    stats = _stats(sim)
+    assert (stats["requests"], stats["batches"], stats["batch_requests"]) == (0, 1, 2)
