@@ -1,6 +1,7 @@
 """The model-provider adapter: Chat Completions through the official `openai` SDK.
 
-This is the only module that imports `openai`. It sends one `ChatRequest`, translates SDK
+With `qbq.batch_api` (the Files and Batch APIs) the only module that imports `openai`.
+It sends one `ChatRequest`, translates SDK
 exceptions into qbq's error tree by one table (`STATUS_RULES`), and returns a `ChatReply` with
 the content, `Usage`, and the rate-limit headers. The SDK's own retries are switched off:
 `qbq.grading` decides retries, and the wrappers in `qbq.guards` pace and bound them, so that a
