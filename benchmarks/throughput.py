@@ -288,7 +288,7 @@ def _call(client: Any, model: str, batch: PlannedBatch, prepared: Prepared) -> i
     try:
         client.chat.completions.create(
             model=model, messages=messages, max_completion_tokens=batch.max_completion_tokens,
-            response_format=response_format(batch.refs, list(request.max_marks)))
+            response_format=response_format(list(request.max_marks)))
     except openai.RateLimitError:
         return 429
     return 200

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field
@@ -58,6 +58,7 @@ class GradingPolicyBlock(Block):
     retry_budget_token_ratio: float | None = Field(None, ge=0.0,
                                                    description=_doc("retry_budget_token_ratio"))
     lease_s: float | None = Field(None, gt=0.0, description=_doc("lease_s"))
+    mode: Literal["sync", "batch", "flex"] | None = Field(None, description=_doc("mode"))
 
     def to_settings_overrides(self) -> dict[str, Any]:
         """The `GradingPolicy` fields this block sets (the non-empty ones)."""

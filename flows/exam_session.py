@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -94,6 +94,7 @@ def exam_session(
     results_block: str | None = None,
     policy_block: str | None = None,
     reclaim_after_minutes: float = 240.0,
+    mode: Literal["sync", "batch", "flex"] = "sync",
 ) -> dict[str, Any]:
     """Grade every request waiting in the intake folder once, one grade-assessment subflow each.
 
@@ -105,6 +106,9 @@ def exam_session(
         policy_block: Name of a `qbq-grading-policy` block; empty: QBQ_* env.
         reclaim_after_minutes: Entries left in processing/ for this long are taken to belong
             to a crashed run and are graded again (the store makes finished work a no-op).
+        mode: How each request is graded: sync, flex, or batch (the Batch API: half price,
+            results within 24 h; the exam-session deployment sets it, as suits a session that
+            can wait).
     """
     logger = get_run_logger()
     intake = Path(intake_dir).resolve()
@@ -120,7 +124,7 @@ def exam_session(
             continue
         state = grade_assessment(request_path=str(_request_file(claimed)),
                                  provider_block=provider_block, results_block=results_block,
-                                 policy_block=policy_block, return_state=True)
+                                 policy_block=policy_block, mode=mode, return_state=True)
         if state.is_completed():
             graded: RunResult = state.result()
             _move(intake, claimed, DONE)

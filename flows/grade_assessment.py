@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import queue
-from typing import Any, cast
+from typing import Any, Literal, cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger, unmapped
@@ -23,6 +23,7 @@ from qbq.progress import BatchProgress, publish
 from qbq.request import LegacyRequest, NativeRequest, inline_request_problem
 from qbq.resources import RunRef, run_resources
 from tasks.grading import (
+    batch_mode_task,
     deliver_task,
     finalize_task,
     grade_batch_task,
@@ -40,6 +41,7 @@ def grade_assessment(
     provider_block: str | None = None,
     results_block: str | None = None,
     policy_block: str | None = None,
+    mode: Literal["sync", "batch", "flex"] | None = None,
 ) -> RunResult:
     """Grade one request (inline `request`, or a JSON file at `request_path` on the worker).
 
@@ -60,10 +62,14 @@ def grade_assessment(
             worker's QBQ_RESULTS_API_URL.
         policy_block: Name of a qbq-grading-policy block (coverage threshold, retries,
             margins); empty: the worker's QBQ_* settings.
+        mode: sync, batch (the Batch API) or flex (service_tier "flex"); empty: the policy's
+            (QBQ_MODE, or the policy block's mode).
     """
     configure_logging()
     logger = get_run_logger()
     settings, policy = resolve_config(provider_block, results_block, policy_block)
+    if mode is not None:
+        policy = policy.model_copy(update={"mode": mode})
     if (request is None) == (request_path is None):
         raise ValueError("give exactly one of request or request_path")
     source: dict[str, Any] | str = (
@@ -80,7 +86,10 @@ def grade_assessment(
     with run_resources(plan, settings, policy) as resources:
         run = resources.ref
         register_task(prepared, run)
-        _grade_all(prepared, run)
+        if policy.mode == "batch":
+            batch_mode_task(prepared, run)
+        else:
+            _grade_all(prepared, run)
         payloads = finalize_task(prepared, run)
         native = payloads.native
         delivery = deliver_task(plan.process_id, run) if settings.results_api_url else None

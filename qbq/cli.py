@@ -28,6 +28,7 @@ from qbq.settings import GradingPolicy, get_settings
 
 if TYPE_CHECKING:
     from qbq.pipeline import RunResult
+    from qbq.planning import BatchPlan
     from qbq.preparation import Prepared
 
 __all__ = ["app", "main"]
@@ -157,12 +158,25 @@ def grade(
     raise typer.Exit(EXIT_OK if payload.status == "success" else EXIT_FAILED)
 
 
+def _estimates_table(p: BatchPlan) -> Table:
+    """Estimated USD per mode the model is offered in, without and with prompt caching."""
+    from qbq.cost import mode_estimates
+
+    table = Table(title="estimated cost by mode")
+    for col in ("mode", "no cache", "with cache"):
+        table.add_column(col, justify="right")
+    for e in mode_estimates(p):
+        table.add_row(e.mode, f"${e.usd_uncached:.4f}", f"${e.usd_cached:.4f}")
+    return table
+
+
 @app.command()
 def plan(
     request: Annotated[Path, typer.Argument(help="Request JSON (native or legacy).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Show how a request would be batched: batches, tokens and estimated cost."""
+    from qbq.cost import mode_estimates
     from qbq.intake.report import intake_lines, intake_summary
     from qbq.preparation import prepare
 
@@ -183,6 +197,9 @@ def plan(
         "expected_output_tokens": p.expected_output_tokens,
         "token_budget_per_request": p.token_budget,
         "estimated_cost_usd": round(p.estimated_cost_usd(), 6),
+        "estimated_cost_usd_by_mode": {
+            e.mode: {"uncached": round(e.usd_uncached, 6), "cached": round(e.usd_cached, 6)}
+            for e in mode_estimates(p)},
         **intake_summary(prepared.request),
     }
     if as_json:
@@ -197,6 +214,7 @@ def plan(
     console.print(table)
     console.print(f"{p.n_students} students in {len(p.batches)} batches; "
                   f"{p.prompt_tokens:,} prompt tokens; est. ${p.estimated_cost_usd():.4f}")
+    console.print(_estimates_table(p))
     for line in intake_lines(prepared.request):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 

@@ -93,10 +93,17 @@ def report(
         for name, value in body.items():
             if name.endswith("_rate"):
                 table.add_row(name.replace("_", " "), f"{value:.1%}")
-            elif name not in ("process_id", "errors_by_type"):
+            elif name not in ("process_id", "errors_by_type", "cost_by_mode"):
                 table.add_row(name.replace("_", " "), _fmt(value))
         for error_type, count in metrics.errors_by_type.items():
             table.add_row(f"errors: {error_type}", _fmt(count))
+        for mode, used in metrics.cost_by_mode.items():
+            usd = "n/a" if used["cost_usd"] is None else f"${used['cost_usd']:,.4f}"
+            table.add_row(f"cost in {mode} mode",
+                          f"{usd} ({_fmt(used['prompt_tokens'])} prompt of which "
+                          f"{_fmt(used['cached_tokens'])} cached, "
+                          f"{_fmt(used['completion_tokens'])} completion of which "
+                          f"{_fmt(used['reasoning_tokens'])} reasoning)")
         console.print(table)
     if csv or parquet or chart:
         frame = marks_frame(store, process_id)

@@ -11,6 +11,7 @@
     ├── PlanningError              a student cannot fit in any batch (exit code 2)
     ├── ProviderError              the model provider failed to answer (transient unless noted)
     │   ├── RateLimitedError           HTTP 429; carries retry_after seconds when given
+    │   ├── FlexUnavailableError       HTTP 429 resource_unavailable: flex has no capacity now
     │   ├── ProviderUnavailableError   HTTP 5xx
     │   ├── ProviderTimeoutError       no answer within the client timeout
     │   ├── ProviderConnectionError    the connection failed or dropped
@@ -43,6 +44,7 @@ __all__ = [
     "DETAIL_MAX",
     "ConfigurationError",
     "DeliveryError",
+    "FlexUnavailableError",
     "GradingFailedError",
     "ImageError",
     "InputError",
@@ -187,6 +189,15 @@ class RateLimitedError(ProviderError):
 
     def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (self.message,), {"retry_after": self.retry_after, "status_code": self.status_code}
+
+
+class FlexUnavailableError(ProviderError):
+    """HTTP 429 with code `resource_unavailable`: flex processing lacks capacity right now.
+
+    Not a rate limit (nothing to pace, no `retry-after`, and unbilled): OpenAI's flex guide
+    (https://platform.openai.com/docs/guides/flex-processing) advises retrying with
+    exponential backoff, so grading retries it like any transient error.
+    """
 
 
 class ProviderUnavailableError(ProviderError):

@@ -61,6 +61,7 @@ from qbq.prompts import (
     build_messages,
     correction_text,
     image_owner,
+    prompt_cache_key,
     response_format,
 )
 from qbq.provider import ChatProvider, ChatRequest
@@ -73,7 +74,8 @@ from qbq.store import repository as repo
 from qbq.usage import Usage
 
 __all__ = ["HANDLERS", "BatchOutcome", "Fail", "GradingDeps", "GroupState", "Isolate", "MoreRoom",
-           "Reask", "Retry", "Rules", "Split", "decide", "grade_batch", "page_url"]
+           "Reask", "Retry", "Rules", "Split", "decide", "grade_batch", "page_url",
+           "planned_request"]
 
 log = logging.getLogger("qbq.grading")
 
@@ -323,6 +325,7 @@ class _BatchRun:
         self.last_raw: str | None = None
         self._requests_built = 0
         self._answer_urls = [page_url(p) for p in request.model_answer_pages]
+        self._cache_key = prompt_cache_key(request.assessment_id, request.prompt_fingerprint)
         self._page_urls: dict[str, list[str]] = {}
         self._renewed = time.monotonic()
 
@@ -342,7 +345,9 @@ class _BatchRun:
         state.messages = messages
         return ChatRequest(
             model=self.request.model, messages=messages,
-            response_format=response_format(refs, list(self.request.max_marks)),
+            response_format=response_format(list(self.request.max_marks)),
+            prompt_cache_key=self._cache_key,
+            service_tier="flex" if self.deps.policy.mode == "flex" else None,
             max_completion_tokens=state.max_completion_tokens,
             planned_prompt_tokens=self.batch.prompt_tokens_for(set(refs)),
             retry=self._requests_built > 1, on_send=self._on_send)
@@ -454,6 +459,14 @@ class _BatchRun:
         return out
 
 
+def planned_request(batch: PlannedBatch, request: GradingRequest,
+                    deps: GradingDeps) -> ChatRequest:
+    """The first request `grade_batch` sends for `batch`, all its students at once (what a
+    Batch API input line carries, so that its answer is recognised as this request's)."""
+    run = _BatchRun(batch, request, deps, owner="")
+    return run._chat_request(GroupState(list(batch.students), batch.max_completion_tokens))
+
+
 def _claim(batch: PlannedBatch, deps: GradingDeps, owner: str) -> bool:
     """Take the batch's lease (True), or wait while another run grades it and return False
     once it has succeeded there — so concurrent duplicate runs call the model once."""
@@ -489,6 +502,7 @@ def _finish(run: _BatchRun, graded: _Graded) -> BatchOutcome:
         "failures": graded.failures,
         "simulated": run.simulated,
         "model_calls": usage.replies,
+        "mode": deps.policy.mode,
     }
     error = graded.last_error if graded.failures else None
     raw = run.last_raw if deps.keep_raw_responses or error else None

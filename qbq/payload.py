@@ -80,7 +80,11 @@ class RunSummary(BaseModel):
     cached_tokens: int
     completion_tokens: int
     reasoning_tokens: int = 0
-    estimated_cost_usd: float
+    estimated_cost_usd: float = Field(
+        description="USD of the replies received, each batch at the prices of the mode it ran "
+        "in, cached tokens at the cached-input price (catalogue prices).")
+    mode: Literal["sync", "batch", "flex"] = Field(
+        "sync", description="The processing mode of this run (QBQ_MODE or the flow's `mode`).")
     simulated: bool = Field(description="True when the grades came from qbq's simulator.")
 
 

@@ -28,7 +28,7 @@ from qbq.prompts import (
     response_schema,
     student_label,
 )
-from qbq.schema_limits import SchemaCounts, schema_counts, schema_problems
+from qbq.schema_limits import schema_counts, schema_problems
 from qbq.settings import GradingPolicy
 from qbq.tokens import chat_prompt_tokens, image_tokens, text_tokens
 
@@ -49,6 +49,8 @@ _REPLY_ENVELOPE_TOKENS = 8
 _PART_OVERHEAD_BYTES = 64
 #: Prompt caching discounts identical prefixes of at least this many tokens.
 _CACHE_MIN_TOKENS = 1024
+#: ... in steps of this many tokens.
+_CACHE_STEP_TOKENS = 128
 _DETAIL: Detail = "high"
 _EFFORT_SETTING = "QBQ_REASONING_EFFORT"
 
@@ -205,22 +207,28 @@ class BatchPlan:
         """Expected reasoning tokens over all batches (billed as output)."""
         return sum(b.expected_reasoning_tokens for b in self.batches)
 
-    def estimated_cost_usd(self, mode: Mode = "sync") -> float:
-        """Estimated USD in `mode`, with the stable prefix cached after the first request
-        (when ≥1,024 tokens) and the expected reasoning tokens billed as output."""
+    def estimated_cost_usd(self, mode: Mode = "sync", *, cache: bool = True) -> float:
+        """Estimated USD in `mode`, the expected reasoning tokens billed as output.
+
+        With `cache`, every batch after the first reads the stable prefix from the prompt
+        cache: OpenAI caches prompts of 1,024+ tokens in 128-token steps
+        (https://platform.openai.com/docs/guides/prompt-caching), so the prefix rounded down to
+        a step, billed at the cached-input price. Raises `ConfigurationError` when the model is
+        not offered in `mode`.
+        """
+        prefix = self.prefix_tokens if cache and self.prefix_tokens >= _CACHE_MIN_TOKENS else 0
+        cached_prefix = prefix - prefix % _CACHE_STEP_TOKENS
         if self.spec is None:
             price_in, price_cached, price_out = self.cost_per_m
-            cached = (self.prefix_tokens * (len(self.batches) - 1)
-                      if self.prefix_tokens >= _CACHE_MIN_TOKENS else 0)
+            cached = cached_prefix * (len(self.batches) - 1)
             out = self.expected_output_tokens + self.expected_reasoning_tokens
             return ((self.prompt_tokens - cached) * price_in + cached * price_cached
                     + out * price_out) / 1e6
         total = 0.0
         for b in self.batches:
-            cached = (self.prefix_tokens
-                      if b.index > 0 and self.prefix_tokens >= _CACHE_MIN_TOKENS else 0)
+            cached = min(cached_prefix, b.prompt_tokens) if b.index > 0 else 0
             total += self.spec.cost_usd_in_mode(
-                mode, b.prompt_tokens, min(cached, b.prompt_tokens),
+                mode, b.prompt_tokens, cached,
                 b.expected_output_tokens + b.expected_reasoning_tokens)
         return total
 
@@ -289,7 +297,7 @@ def _prefix_tokens(request: GradingRequest) -> tuple[int, int]:
         students=[],
         detail=_DETAIL,
     )
-    fmt = response_format([], [q.question_number for q in request.questions])
+    fmt = response_format([q.question_number for q in request.questions])
     tokens = chat_prompt_tokens(request.spec, messages, fmt, lambda url: dims[url])
     n_bytes = len(json.dumps([messages, fmt])) + sum(
         p.n_bytes + _PART_OVERHEAD_BYTES for p in request.model_answer_pages
@@ -300,8 +308,6 @@ def _prefix_tokens(request: GradingRequest) -> tuple[int, int]:
 def _student_cost(request: GradingRequest, student: Student) -> _StudentCost:
     label = student_label(student.ref)
     tokens = text_tokens(label, request.spec.encoding)
-    # The ref also appears once in the schema's enum: its JSON string plus a separator.
-    tokens += text_tokens(json.dumps(student.ref), request.spec.encoding) + 1
     tokens += sum(_page_tokens(request, p) for p in student.pages)
     n_bytes = len(label) + _PART_OVERHEAD_BYTES + sum(
         p.n_bytes + _PART_OVERHEAD_BYTES for p in student.pages
@@ -340,51 +346,6 @@ def _limits(request: GradingRequest, policy: GradingPolicy,
                    policy.max_images_per_request, policy.max_request_bytes)
 
 
-class _SchemaTally:
-    """What the batch's response schema uses of OpenAI's limits, kept as students are added.
-
-    A student's share is measured on the real schema: the schema pinning one probe ref minus
-    the schema pinning none, plus, per character of the ref, the difference a one-character
-    longer probe makes. That is exact for any schema in which a ref enters as enum or const
-    values (pinned today) or not at all (identical across batches), and costs three schema
-    builds per plan instead of one per student. The >250-value enum rule is checked against
-    all enum characters, an upper bound on any one enum's.
-    """
-
-    def __init__(self, question_numbers: list[str]) -> None:
-        self.base = schema_counts(response_schema([], question_numbers))
-        one = schema_counts(response_schema(["r"], question_numbers))
-        two = schema_counts(response_schema(["rr"], question_numbers))
-        self._per_char = (two.enum_chars - one.enum_chars,
-                          two.name_and_enum_chars - one.name_and_enum_chars)
-        b = self.base
-        self._fixed = SchemaCounts(
-            one.object_properties - b.object_properties, max(one.nesting_depth, b.nesting_depth),
-            one.enum_values - b.enum_values,
-            one.enum_chars - b.enum_chars - self._per_char[0], 0,
-            one.name_and_enum_chars - b.name_and_enum_chars - self._per_char[1])
-        self.reset()
-
-    def reset(self) -> None:
-        self.counts = self.base
-
-    def share(self, ref: str) -> SchemaCounts:
-        f, (enum_char, name_char) = self._fixed, self._per_char
-        return SchemaCounts(f.object_properties, f.nesting_depth, f.enum_values,
-                            f.enum_chars + enum_char * len(ref), 0,
-                            f.name_and_enum_chars + name_char * len(ref))
-
-    def with_share(self, share: SchemaCounts) -> SchemaCounts:
-        c = self.counts
-        values = c.enum_values + share.enum_values
-        chars = c.enum_chars + share.enum_chars
-        return SchemaCounts(
-            c.object_properties + share.object_properties,
-            max(c.nesting_depth, share.nesting_depth), values, chars,
-            chars if values > 250 else 0,
-            c.name_and_enum_chars + share.name_and_enum_chars)
-
-
 def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
                  max_request_tokens: int | None = None,
                  reasoning_effort: str | None = None,
@@ -415,7 +376,9 @@ def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
     limits = _limits(request, policy, max_request_tokens)
     prefix_tokens, prefix_bytes = _prefix_tokens(request)
     prefix_images = len(request.model_answer_pages)
-    schema = _SchemaTally([q.question_number for q in request.questions])
+    # The schema is the same for every batch (it pins no refs): checked once.
+    schema_issues = schema_problems(schema_counts(
+        response_schema([q.question_number for q in request.questions])))
 
     batches: list[PlannedBatch] = []
     current: list[Student] = []
@@ -441,11 +404,9 @@ def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
 
     for student in request.gradable_students:  # students that failed at intake go to reduce
         cost = _student_cost(request, student)
-        share = schema.share(student.ref)
         for _ in range(2):  # try the open batch, then a fresh one
             n = len(current) + 1
             max_out = completion.max_completion(n)
-            grown = schema.with_share(share)
             fits = (
                 n <= limits.max_students
                 and tokens + cost.prompt_tokens <= limits.input_budget
@@ -453,7 +414,7 @@ def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
                 and max_out <= limits.max_output
                 and images + cost.n_images <= limits.max_images
                 and n_bytes + cost.n_bytes <= limits.max_bytes
-                and not schema_problems(grown)
+                and not schema_issues
             )
             if fits:
                 current.append(student)
@@ -461,16 +422,14 @@ def plan_batches(request: GradingRequest, policy: GradingPolicy, *,
                 tokens += cost.prompt_tokens
                 images += cost.n_images
                 n_bytes += cost.n_bytes
-                schema.counts = grown
                 break
             if not current:
                 raise _too_big(request, student, cost, policy, limits, prefix_tokens,
                                prefix_images, prefix_bytes, completion.max_completion(1),
-                               schema_problems(grown))
+                               schema_issues)
             close()
             current, costs = [], []
             tokens, images, n_bytes = prefix_tokens, prefix_images, prefix_bytes
-            schema.reset()
     if current:
         close()
     price = (spec.price_input_per_m, spec.price_cached_input_per_m, spec.price_output_per_m)

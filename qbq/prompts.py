@@ -1,11 +1,15 @@
 """The messages and strict JSON schema qbq sends for one batch (the wire protocol with the model).
 
-The stable part comes first (system, questions and rubric, model answers) so that providers can
-reuse the cached prefix; each student's pages follow a text label carrying the student's ref.
+The stable part comes first (schema, system, questions and rubric, model answers) and is
+byte-identical in every batch of an assessment, so OpenAI's prompt cache serves it to every batch
+after the first (https://platform.openai.com/docs/guides/prompt-caching); each student's pages
+follow a text label carrying the student's ref. The schema does not pin the refs: they are
+checked after the reply (`qbq.response.check_reply`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -22,6 +26,7 @@ __all__ = [
     "build_messages",
     "correction_text",
     "image_owner",
+    "prompt_cache_key",
     "questions_text",
     "response_format",
     "response_schema",
@@ -30,7 +35,7 @@ __all__ = [
 ]
 
 #: Bumped whenever the messages or the schema change meaning; part of every idempotency key.
-PROMPT_VERSION = "qbq-prompt-1/schema-1"
+PROMPT_VERSION = "qbq-prompt-1/schema-2"
 
 QUESTIONS_LABEL = "Assessment questions (JSON): "
 MODEL_ANSWERS_LABEL = "Model answer pages follow (the expected answers, not a student's work)."
@@ -161,8 +166,21 @@ def build_messages(
     return messages
 
 
-def response_schema(refs: Sequence[str], question_numbers: Sequence[str]) -> dict[str, Any]:
-    """Strict schema whose enums pin this batch's student refs and question numbers."""
+def prompt_cache_key(assessment_id: str, prompt_fingerprint: str) -> str:
+    """The `prompt_cache_key` of every request of one assessment (and prompt): 36 characters.
+
+    OpenAI routes requests by a hash of the prompt's start combined with this key, so requests
+    sharing a prefix and a key land on the same cache
+    (https://platform.openai.com/docs/guides/prompt-caching). Hashed: the key is sent to the
+    provider and need not carry the assessment id in clear.
+    """
+    canon = json.dumps([PROMPT_VERSION, assessment_id, prompt_fingerprint], ensure_ascii=False)
+    return "qbq-" + hashlib.sha256(canon.encode()).hexdigest()[:32]
+
+
+def response_schema(question_numbers: Sequence[str]) -> dict[str, Any]:
+    """Strict schema pinning the assessment's question numbers (not the refs, so that it is the
+    same for every batch of the assessment and stays in the cached prefix)."""
     name = {
         "anyOf": [
             {
@@ -189,7 +207,7 @@ def response_schema(refs: Sequence[str], question_numbers: Sequence[str]) -> dic
     student = {
         "type": "object",
         "properties": {
-            "ref": {"type": "string", "enum": list(refs)},
+            "ref": {"type": "string"},
             "name": name,
             "answers": {"type": "array", "items": answer},
         },
@@ -204,12 +222,13 @@ def response_schema(refs: Sequence[str], question_numbers: Sequence[str]) -> dic
     }
 
 
-def response_format(refs: Sequence[str], question_numbers: Sequence[str]) -> dict[str, Any]:
+def response_format(question_numbers: Sequence[str]) -> dict[str, Any]:
+    """The `response_format` body field: `response_schema`, strict."""
     return {
         "type": "json_schema",
         "json_schema": {
             "name": "grading_batch",
             "strict": True,
-            "schema": response_schema(refs, question_numbers),
+            "schema": response_schema(question_numbers),
         },
     }

@@ -1,6 +1,7 @@
 """The model-provider adapter: Chat Completions through the official `openai` SDK.
 
-This is the only module that imports `openai`. It sends one `ChatRequest`, translates SDK
+With `qbq.batch_api` (the Files and Batch APIs) the only module that imports `openai`.
+It sends one `ChatRequest`, translates SDK
 exceptions into qbq's error tree by one table (`STATUS_RULES`), and returns a `ChatReply` with
 the content, `Usage`, and the rate-limit headers. The SDK's own retries are switched off:
 `qbq.grading` decides retries, and the wrappers in `qbq.guards` pace and bound them, so that a
@@ -23,6 +24,7 @@ from openai.types.chat import ChatCompletion
 
 from qbq.errors import (
     ConfigurationError,
+    FlexUnavailableError,
     ProviderConnectionError,
     ProviderContentError,
     ProviderError,
@@ -35,8 +37,8 @@ from qbq.errors import (
 from qbq.usage import Usage
 
 __all__ = ["STATUS_RULES", "ChatProvider", "ChatReply", "ChatRequest", "OpenAIChatProvider",
-           "content_param",
-           "is_loopback_host", "make_openai_client", "translate_error"]
+           "chat_reply", "content_param", "is_loopback_host", "make_openai_client",
+           "translate_error"]
 
 _RATE_HEADERS = (
     "x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
@@ -204,8 +206,15 @@ def content_param(param: str | None) -> bool:
     return param is None or param.startswith(("messages", "response_format"))
 
 
+#: The error `code` of flex's capacity 429 (https://platform.openai.com/docs/guides/flex-processing):
+#: retried with backoff, never paced as a rate limit.
+FLEX_UNAVAILABLE_CODE = "resource_unavailable"
+
+
 def _status_error(exc: openai.APIStatusError) -> ProviderError:
     code, detail, headers = exc.status_code, _error_detail(exc), exc.response.headers
+    if code == 429 and _error_field(exc, "code") == FLEX_UNAVAILABLE_CODE:
+        return FlexUnavailableError(f"flex capacity unavailable (429): {detail}", status_code=429)
     kind, label = next((kind, label) for match, kind, label in STATUS_RULES if match(code))
     message = f"{label} ({code}): {detail}"
     error: ProviderError
@@ -247,6 +256,18 @@ def _usage(completion: ChatCompletion, latency_ms: float) -> Usage:
         latency_ms=latency_ms)
 
 
+def chat_reply(completion: ChatCompletion, *, simulated: bool, latency_ms: float,
+               rate_headers: Mapping[str, str] | None = None) -> ChatReply:
+    """A chat completion (a sync answer or a Batch API output line) as a `ChatReply`;
+    `ResponseShapeError` when it has no choices."""
+    if not completion.choices:
+        raise ResponseShapeError("the provider's answer has no choices")
+    choice = completion.choices[0]
+    return ChatReply(content=choice.message.content, refusal=choice.message.refusal,
+                     finish_reason=choice.finish_reason, usage=_usage(completion, latency_ms),
+                     simulated=simulated, rate_headers=dict(rate_headers or {}))
+
+
 class OpenAIChatProvider:
     """Chat Completions with strict structured output, through an injected SDK client."""
 
@@ -271,17 +292,10 @@ class OpenAIChatProvider:
         except openai.OpenAIError as exc:
             raise translate_error(exc) from exc
         latency_ms = (time.perf_counter() - start) * 1000.0
-        if not completion.choices:
-            raise ResponseShapeError("the provider's answer has no choices")
-        choice = completion.choices[0]
-        return ChatReply(
-            content=choice.message.content,
-            refusal=choice.message.refusal,
-            finish_reason=choice.finish_reason,
-            usage=_usage(completion, latency_ms),
-            simulated=raw.headers.get("x-qbq-simulated") == "true",
-            rate_headers={k: v for k in _RATE_HEADERS if (v := raw.headers.get(k)) is not None},
-        )
+        return chat_reply(
+            completion, simulated=raw.headers.get("x-qbq-simulated") == "true",
+            latency_ms=latency_ms,
+            rate_headers={k: v for k in _RATE_HEADERS if (v := raw.headers.get(k)) is not None})
 
     def close(self) -> None:
         """Close the SDK client's connections."""

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qbq.cost import result_mode, usage_by_mode, usage_cost_usd
 from qbq.domain import GradingRequest, Student
 from qbq.payload import (
     LegacyAnswer,
@@ -93,7 +94,6 @@ def _summary(request: GradingRequest, plan: BatchPlan, batches: Mapping[str, Sto
     stored = [s for b in plan.batches if (s := batches.get(b.idempotency_key)) is not None]
     usage = sum((s.usage for s in stored), Usage())
     n, n_graded = len(students), len(students) - len(failures)
-    cost_in, cost_cached, cost_out = plan.cost_per_m
     return RunSummary(
         model=request.model,
         students=n,
@@ -109,12 +109,20 @@ def _summary(request: GradingRequest, plan: BatchPlan, batches: Mapping[str, Sto
         cached_tokens=usage.cached_tokens,
         completion_tokens=usage.completion_tokens,
         reasoning_tokens=usage.reasoning_tokens,
-        estimated_cost_usd=round(
-            ((usage.prompt_tokens - usage.cached_tokens) * cost_in + usage.cached_tokens * cost_cached
-             + usage.completion_tokens * cost_out) / 1e6, 6
-        ),
+        estimated_cost_usd=round(_cost_usd(plan, usage, stored), 6),
+        mode=policy.mode,
         simulated=any(bool((s.result or {}).get("simulated")) for s in stored),
     )
+
+
+def _cost_usd(plan: BatchPlan, usage: Usage, stored: list[StoredBatch]) -> float:
+    """What the stored batches' replies cost, each at the prices of the mode it ran in."""
+    if plan.spec is None:
+        cost_in, cost_cached, cost_out = plan.cost_per_m
+        return ((usage.prompt_tokens - usage.cached_tokens) * cost_in
+                + usage.cached_tokens * cost_cached + usage.completion_tokens * cost_out) / 1e6
+    by_mode = usage_by_mode((result_mode(s.result), s.usage) for s in stored)
+    return sum(usage_cost_usd(plan.spec, used, mode) for mode, used in by_mode.items())
 
 
 def _add_intake_failures(request: GradingRequest, students: list[PayloadStudent],

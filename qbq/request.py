@@ -37,7 +37,7 @@ __all__ = [
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=True)
 NonEmpty = Annotated[str, Field(min_length=1)]
-#: A student ref: pinned in the response schema's enum, so bounded (see qbq.schema_limits).
+#: A student ref: bounded (see qbq.schema_limits.MAX_REF_LENGTH).
 Ref = Annotated[str, Field(min_length=1, max_length=MAX_REF_LENGTH)]
 
 

@@ -28,11 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qbq.backoff import full_jitter
+from qbq.batch_api import OpenAIBatchAPI
 from qbq.errors import ConfigurationError
 from qbq.grading import GradingDeps
 from qbq.guards import guarded_provider
 from qbq.http import HttpClient, make_http_client
 from qbq.limiter import Backend, Limits, RateLimiter, key_id, make_backend
+from qbq.model_spec import Mode
 from qbq.planning import BatchPlan
 from qbq.provider import ChatProvider, OpenAIChatProvider, make_openai_client
 from qbq.recovery import BatchSizeHint, CircuitBreaker, RetryBudget, RunGuards
@@ -95,16 +97,26 @@ def _api_identity(settings: QbqSettings) -> tuple[str | None, str | None]:
     return api_key, base_url
 
 
-def make_provider(settings: QbqSettings) -> OpenAIChatProvider:
+def make_provider(settings: QbqSettings, mode: Mode = "sync") -> OpenAIChatProvider:
     """The OpenAI adapter; without QBQ_OPENAI_* settings, OPENAI_API_KEY / OPENAI_BASE_URL.
+    In flex `mode` requests wait `QBQ_FLEX_TIMEOUT_S` instead of `QBQ_REQUEST_TIMEOUT_S`.
     Raises `ConfigurationError` without an API key (or, under QBQ_LOOPBACK_ONLY, for a
     provider that is not on loopback). The caller closes it."""
     api_key, base_url = _api_identity(settings)
+    timeout_s = settings.flex_timeout_s if mode == "flex" else settings.request_timeout_s
     client = make_openai_client(api_key=api_key, base_url=base_url,
                                 organization=settings.openai_organization,
-                                timeout_s=settings.request_timeout_s,
+                                timeout_s=timeout_s,
                                 loopback_only=settings.loopback_only)
     return OpenAIChatProvider(client)
+
+
+def make_batch_api(settings: QbqSettings) -> OpenAIBatchAPI:
+    """The Batch API adapter (batch mode), on the provider's identity; the caller closes it."""
+    api_key, base_url = _api_identity(settings)
+    return OpenAIBatchAPI(make_openai_client(
+        api_key=api_key, base_url=base_url, organization=settings.openai_organization,
+        timeout_s=settings.request_timeout_s, loopback_only=settings.loopback_only))
 
 
 def make_limiter(settings: QbqSettings) -> RateLimiter | None:
@@ -172,7 +184,13 @@ class RunRef:
 
     @classmethod
     def for_plan(cls, plan: BatchPlan, settings: QbqSettings, policy: GradingPolicy) -> RunRef:
-        """A new run of `plan`: a unique token and the retry budget sized from the plan."""
+        """A new run of `plan`: a unique token and the retry budget sized from the plan.
+
+        Raises `ConfigurationError` when the plan's model is not offered in `policy.mode`
+        (flex is offered for some models only), before anything is sent.
+        """
+        if plan.spec is not None:
+            plan.spec.prices(policy.mode)
         planned = plan.prompt_tokens + sum(b.max_completion_tokens for b in plan.batches)
         attempts = policy.retry_budget_attempts
         return cls(token=f"{plan.process_id}:{uuid.uuid4().hex[:12]}", settings=settings,
@@ -198,7 +216,7 @@ class RunResources:
         """Open the store and clients and make fresh guards for `ref`'s run."""
         settings, policy = ref.settings, ref.policy
         limiter = make_limiter(settings)
-        raw = make_provider(settings)
+        raw = make_provider(settings, policy.mode)
         store = open_store(settings)
         rng = random.Random()
         guards = RunGuards(

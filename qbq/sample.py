@@ -218,6 +218,10 @@ def _split(questions: list[str], pages: int) -> list[list[str]]:
     return out
 
 
+def _answer_file(number: int) -> str:
+    return f"model-answer-p{number}.png"
+
+
 def write_sample(
     out_dir: Path,
     *,
@@ -229,10 +233,12 @@ def write_sample(
     model: str = "gpt-4.1-mini",
     page_size: tuple[int, int] = (1240, 1754),
     with_names: bool = True,
+    model_answer_pages: int = 1,
 ) -> Path:
     """Write `out_dir/request.json` and its pages under `out_dir/pages/`; return the request path.
 
-    The request's page paths are relative to `out_dir`; marks are multiples of 0.5.
+    The request's page paths are relative to `out_dir`; marks are multiples of 0.5;
+    `model_answer_pages` model-answer pages (the questions spread over them) come first.
     """
     # Long: builds the marks, draws every page and writes the request in one seeded sequence, so a seed
     # always gives the same files.
@@ -249,16 +255,18 @@ def write_sample(
     rubrics = {q: rng.choice(_RUBRIC_TEMPLATES).format(topic=rng.choice(_TOPICS)) for q in qnums}
     layout = _split(qnums, pages)
 
-    model_img = _draw_page(
-        size=page_size,
-        title=f"{title} - model answer",
-        student_line=None,
-        page_label="model answer",
-        questions=[(q, max_marks[q], 1.0) for q in qnums],
-        rng=random.Random(f"{seed}-model-answer"),
-        continued=False,
-    )
-    _save_png(model_img, pages_dir / "model-answer-p1.png")
+    answer_layout = _split(qnums, model_answer_pages)
+    for a in range(1, model_answer_pages + 1):
+        model_img = _draw_page(
+            size=page_size,
+            title=f"{title} - model answer",
+            student_line=None,
+            page_label="model answer" if model_answer_pages == 1 else f"model answer {a}",
+            questions=[(q, max_marks[q], 1.0) for q in answer_layout[a - 1]],
+            rng=random.Random(f"{seed}-model-answer" + ("" if a == 1 else f"-{a}")),
+            continued=not answer_layout[a - 1],
+        )
+        _save_png(model_img, pages_dir / _answer_file(a))
 
     student_entries: list[dict[str, Any]] = []
     for s in range(1, students + 1):
@@ -302,7 +310,8 @@ def write_sample(
         "questions": [
             {"question_number": q, "max_mark": max_marks[q], "rubric": rubrics[q]} for q in qnums
         ],
-        "model_answer_pages": [{"path": "pages/model-answer-p1.png"}],
+        "model_answer_pages": [{"path": f"pages/{_answer_file(a)}"}
+                               for a in range(1, model_answer_pages + 1)],
         "students": student_entries,
     }
     request_path = out_dir / "request.json"

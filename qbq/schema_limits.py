@@ -23,9 +23,8 @@ __all__ = [
     "schema_problems",
 ]
 
-#: Longest student ref (characters) qbq accepts. Refs are pinned in the response schema's enum,
-#: so their length spends the 120,000- and 15,000-character budgets above: at 64 characters a
-#: batch of 1,000 refs could never fit. Enforced where requests are parsed (`qbq.request`).
+#: Longest student ref (characters) qbq accepts: refs travel in every prompt, reply, payload and
+#: log line. Enforced where requests are parsed (`qbq.request`).
 MAX_REF_LENGTH = 64
 
 

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from qbq.model_spec import Mode
+
 __all__ = [
     "DEFAULT_REASONING_TOKENS_PER_REQUEST",
     "DEFAULT_REASONING_TOKENS_PER_STUDENT",
@@ -127,6 +129,19 @@ class GradingPolicy(BaseSettings):
         True, description="Keep each prompt under a model's long-context threshold (272k on "
         "gpt-5.4/5.5/5.6), above which OpenAI bills the whole request at 2x input, 1.5x output.",
     )
+    mode: Mode = Field(
+        "sync", description="How requests are processed and billed: sync (standard prices), "
+        "batch (the Batch API: 50% off, results within 24 h) or flex (service_tier=flex: "
+        "Batch prices, slower, for the models that offer it; "
+        "https://platform.openai.com/docs/guides/flex-processing).",
+    )
+    batch_poll_s: float = Field(
+        30.0, gt=0.0, description="Batch mode: first wait before asking the Batch API whether "
+        "the job is done, in seconds; doubles after each look, up to batch_poll_max_s.",
+    )
+    batch_poll_max_s: float = Field(
+        600.0, gt=0.0, description="Batch mode: longest wait between two looks, in seconds.",
+    )
 
 
 class QbqSettings(BaseSettings):
@@ -198,6 +213,10 @@ class QbqSettings(BaseSettings):
     )
     request_timeout_s: float = Field(
         120.0, gt=0, description="Timeout of one model request, in seconds."
+    )
+    flex_timeout_s: float = Field(
+        900.0, gt=0, description="Timeout of one model request in flex mode, in seconds (flex "
+        "is slower; OpenAI's flex guide raises the SDK's timeout to 15 minutes)."
     )
     delivery_timeout_s: float = Field(30.0, gt=0, description="Timeout of one results POST.")
     delivery_deadline_s: float = Field(

@@ -15,15 +15,17 @@ from prefect.context import TaskRunContext
 from prefect.utilities.annotations import quote
 
 from qbq import pipeline
+from qbq.batch_mode import grade_in_batch_mode
 from qbq.delivery import DeliveryReport, drain_outbox
 from qbq.errors import GradingFailedError
 from qbq.grading import BatchOutcome, grade_batch
 from qbq.planning import PlannedBatch
 from qbq.preparation import Prepared, prepare
-from qbq.resources import RunRef, resources_for
+from qbq.resources import RunRef, make_batch_api, resources_for
 from qbq.settings import GradingPolicy, QbqSettings
 
-__all__ = ["deliver_task", "finalize_task", "grade_batch_task", "prepare_task", "register_task"]
+__all__ = ["batch_mode_task", "deliver_task", "finalize_task", "grade_batch_task", "prepare_task",
+           "register_task"]
 
 
 @task(name="prepare", cache_policy=NO_CACHE, persist_result=False)
@@ -72,6 +74,16 @@ def grade_batch_task(batch: PlannedBatch, prepared: Prepared, run: RunRef) -> Ba
             f"{outcome.n_students} students not graded ({outcome.error_type})"
         )
     return outcome
+
+
+@task(name="grade_in_batch_mode", cache_policy=NO_CACHE, persist_result=False, retries=0)
+def batch_mode_task(prepared: Prepared, run: RunRef) -> list[BatchOutcome]:
+    """Every batch through one Batch API job; sleeps (no CPU) while the job runs."""
+    api = make_batch_api(run.settings)
+    try:
+        return grade_in_batch_mode(prepared, resources_for(run).grading_deps(), api)
+    finally:
+        api.close()
 
 
 @task(name="finalize", cache_policy=NO_CACHE, persist_result=False)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qbq.catalog import get_model_spec
+from qbq.cost import result_mode, usage_by_mode, usage_cost_usd
 from qbq.errors import UnknownModelError
 from qbq.observability.logs import add_event_observer
 from qbq.review import answers_need_review
@@ -118,6 +119,9 @@ class ProcessMetrics:
     reasoning_tokens: int
     estimated_cost_usd: float | None
     errors_by_type: dict[str, int] = field(default_factory=dict)
+    #: Per processing mode the batches ran in: replies, prompt, cached, completion and
+    #: reasoning tokens, and USD at that mode's prices (None: the model's prices are unknown).
+    cost_by_mode: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,11 +152,9 @@ def compute_metrics(process: ProcessRow, batches: Iterable[BatchRow],
     n_batches = max(process.n_batches, len(rows))
     latencies = [b.latency_ms for b in rows if b.latency_ms is not None and b.attempts > 0]
     usage = sum((b.usage for b in rows), Usage())
-    try:
-        cost: float | None = round(get_model_spec(process.model).cost_usd(
-            usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens), 6)
-    except UnknownModelError:
-        cost = None  # unknown prices: the cost is unknown, not zero
+    by_mode = _cost_by_mode(process.model, rows)
+    cost = (None if any(m["cost_usd"] is None for m in by_mode.values())
+            else round(sum(m["cost_usd"] for m in by_mode.values()), 6))
     p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
     return ProcessMetrics(
         process_id=process.id,
@@ -182,7 +184,25 @@ def compute_metrics(process: ProcessRow, batches: Iterable[BatchRow],
         reasoning_tokens=usage.reasoning_tokens,
         estimated_cost_usd=cost,
         errors_by_type=dict(sorted(errors.items())),
+        cost_by_mode=by_mode,
     )
+
+
+def _cost_by_mode(model: str, rows: Sequence[BatchRow]) -> dict[str, dict[str, Any]]:
+    """Tokens and USD per mode the batches ran in (USD None when the prices are unknown)."""
+    by_mode = usage_by_mode((result_mode(b.result), b.usage) for b in rows)
+    try:
+        spec = get_model_spec(model)
+    except UnknownModelError:  # unknown prices: the cost is unknown, not zero
+        return {m: {**_tokens(u), "cost_usd": None} for m, u in by_mode.items()}
+    return {m: {**_tokens(u), "cost_usd": round(usage_cost_usd(spec, u, m), 6)}
+            for m, u in by_mode.items()}
+
+
+def _tokens(usage: Usage) -> dict[str, Any]:
+    return {"replies": usage.replies, "prompt_tokens": usage.prompt_tokens,
+            "cached_tokens": usage.cached_tokens, "completion_tokens": usage.completion_tokens,
+            "reasoning_tokens": usage.reasoning_tokens}
 
 
 def process_metrics(store: Store, process_id: str) -> tuple[ProcessMetrics, list[BatchFigures]] | None:

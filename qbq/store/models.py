@@ -32,6 +32,7 @@ __all__ = [
     "PROCESS_STATUSES",
     "Base",
     "BatchAttemptRow",
+    "BatchJobRow",
     "BatchRow",
     "BatchStatus",
     "OutboxRow",
@@ -212,3 +213,23 @@ class OutboxRow(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class BatchJobRow(Base):
+    """One Batch API job of a process (batch mode): recorded before it is submitted, its
+    provider batch id stored the moment it exists, so a rerun resumes it instead of submitting
+    the same planned requests again. `status`: submitting → submitted → collected."""
+
+    __tablename__ = "batch_jobs"
+
+    job_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    process_id: Mapped[str] = mapped_column(ForeignKey("processes.id"), index=True)
+    #: The planned batches (idempotency keys) the job's input lines carry, as `custom_id`s.
+    batch_keys: Mapped[list[str]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), default="submitting",
+                                        server_default="submitting")
+    input_file_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    provider_batch_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    provider_status: Mapped[str | None] = mapped_column(String(40), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -51,7 +51,7 @@ def _body(ref: str, model: str = MODEL) -> dict[str, Any]:
         students=[StudentPages(ref, [PAGES[ref]])],
     )
     return {"model": model, "messages": messages, "max_completion_tokens": 2_000,
-            "response_format": response_format(list(TRUTH), ["1", "2"])}
+            "response_format": response_format(["1", "2"])}
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> bytes:

@@ -71,7 +71,7 @@ def _grading(students: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         model_answer_urls=[],
         students=[StudentPages(ref, [PNG]) for ref in refs],
     )
-    return messages, response_format(refs, [q.question_number for q in QUESTIONS])
+    return messages, response_format([q.question_number for q in QUESTIONS])
 
 
 def test_reasoning_is_spent_inside_the_budget_and_reported(

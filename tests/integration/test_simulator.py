@@ -99,7 +99,7 @@ def _batch(image_server: str) -> tuple[list[dict[str, Any]], dict[str, Any], dic
         PNG_URI["b1"]: PAGE_B1,
         PNG_URI["model"]: MODEL_ANSWER,
     }
-    return messages, response_format(REFS, QNUMS), bytes_by_url
+    return messages, response_format(QNUMS), bytes_by_url
 
 
 def _dims(bytes_by_url: dict[str, bytes]) -> dict[str, tuple[int, int]]:

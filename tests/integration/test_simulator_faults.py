@@ -42,7 +42,7 @@ def _page(ref: str, shade: int) -> str:
 
 
 PAGES = {ref: _page(ref, 200 + i * 10) for i, ref in enumerate(REFS)}
-FORMAT = response_format(REFS, [q.question_number for q in QUESTIONS])
+FORMAT = response_format([q.question_number for q in QUESTIONS])
 SCHEMA = FORMAT["json_schema"]["schema"]
 
 

@@ -121,7 +121,7 @@ def test_the_plan_counts_the_bytes_actually_sent(tmp_path: Path) -> None:
             instructions=req.instructions, questions=[], model_answer_urls=[],
             students=[StudentPages(s.ref, [page_url(p) for p in s.pages]) for s in batch.students])
         body = json.dumps({"model": req.model, "messages": messages,
-                           "response_format": response_format(batch.refs, ["1"])})
+                           "response_format": response_format(["1"])})
         assert len(body) <= batch.n_bytes <= policy.max_request_bytes
 
 

@@ -140,7 +140,7 @@ def exact_prompt_tokens(request: GradingRequest, batch: PlannedBatch) -> int:
         model_answer_urls=[p.location for p in request.model_answer_pages],
         students=[StudentPages(s.ref, [p.location for p in s.pages]) for s in batch.students],
     )
-    fmt = response_format(batch.refs, [q.question_number for q in request.questions])
+    fmt = response_format([q.question_number for q in request.questions])
     return chat_prompt_tokens(request.spec, messages, fmt, lambda url: dims[url])
 
 
@@ -223,8 +223,7 @@ def test_batches_are_maximal(request: GradingRequest, policy: GradingPolicy) -> 
         images = b.n_images + len(first.pages)
         n_bytes = b.n_bytes + alone.n_bytes - prefix_bytes
         cap = policy.max_students_per_batch or len(request.students)
-        refs = [*b.refs, first.ref]
-        schema = schema_counts(response_schema(refs, [q.question_number for q in request.questions]))
+        schema = schema_counts(response_schema([q.question_number for q in request.questions]))
         assert (
             n > cap
             or tokens > plan.input_budget
