@@ -19,6 +19,7 @@ from rich.table import Table
 from qbq.settings import get_settings
 
 if TYPE_CHECKING:
+    from qbq.observability.metrics import ProcessMetrics
     from qbq.store import Store
 
 __all__ = ["register"]
@@ -64,6 +65,29 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _metrics_table(process_id: str, metrics: ProcessMetrics, body: dict[str, Any]) -> Table:
+    """`qbq report`'s table: one row per figure, errors by type, the cost in each mode."""
+    title = f"process {process_id}" + (" (SIMULATED grades)" if metrics.simulated else "")
+    table = Table(title=title, show_header=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in body.items():
+        if name.endswith("_rate"):
+            table.add_row(name.replace("_", " "), f"{value:.1%}")
+        elif name not in ("process_id", "errors_by_type", "cost_by_mode"):
+            table.add_row(name.replace("_", " "), _fmt(value))
+    for error_type, count in metrics.errors_by_type.items():
+        table.add_row(f"errors: {error_type}", _fmt(count))
+    for mode, used in metrics.cost_by_mode.items():
+        usd = "n/a" if used["cost_usd"] is None else f"${used['cost_usd']:,.4f}"
+        table.add_row(f"cost in {mode} mode",
+                      f"{usd} ({_fmt(used['prompt_tokens'])} prompt of which "
+                      f"{_fmt(used['cached_tokens'])} cached, "
+                      f"{_fmt(used['completion_tokens'])} completion of which "
+                      f"{_fmt(used['reasoning_tokens'])} reasoning)")
+    return table
+
+
 def report(
     process_id: Annotated[str, typer.Argument(help="The process id (qbq-...).")],
     csv: Annotated[Path | None, typer.Option("--csv", help="Export marks as CSV here.")] = None,
@@ -86,24 +110,7 @@ def report(
     if as_json:
         _print_json(body)
     else:
-        title = f"process {process_id}" + (" (SIMULATED grades)" if metrics.simulated else "")
-        table = Table(title=title, show_header=False)
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for name, value in body.items():
-            if name.endswith("_rate"):
-                table.add_row(name.replace("_", " "), f"{value:.1%}")
-            elif name not in ("process_id", "errors_by_type", "cost_by_mode"):
-                table.add_row(name.replace("_", " "), _fmt(value))
-        for error_type, count in metrics.errors_by_type.items():
-            table.add_row(f"errors: {error_type}", _fmt(count))
-        for mode, used in metrics.cost_by_mode.items():
-            usd = "n/a" if used["cost_usd"] is None else f"${used['cost_usd']:,.4f}"
-            table.add_row(f"cost in {mode} mode",
-                          f"{usd} ({_fmt(used['prompt_tokens'])} prompt of which "
-                          f"{_fmt(used['cached_tokens'])} cached, "
-                          f"{_fmt(used['completion_tokens'])} completion of which "
-                          f"{_fmt(used['reasoning_tokens'])} reasoning)")
+        table = _metrics_table(process_id, metrics, body)
         console.print(table)
     if csv or parquet or chart:
         frame = marks_frame(store, process_id)

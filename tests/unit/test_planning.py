@@ -436,8 +436,9 @@ def test_estimated_cost_is_positive_and_between_cached_and_uncached_bounds() -> 
     upper = (plan.prompt_tokens * spec.price_input_per_m + out) / 1e6
     lower = (plan.prompt_tokens * spec.price_cached_input_per_m + out) / 1e6
     assert 0 < lower < cost < upper
-    # The cached discount applies to the shared prefix of every batch but the first.
-    cached = plan.prefix_tokens * (len(plan.batches) - 1)
+    # The cached discount applies to the shared prefix of every batch but the first, counted in
+    # OpenAI's 128-token cache steps.
+    cached = (plan.prefix_tokens - plan.prefix_tokens % 128) * (len(plan.batches) - 1)
     assert cost == pytest.approx(upper - cached * (spec.price_input_per_m
                                                    - spec.price_cached_input_per_m) / 1e6)
     # Sane: 40 students × 3 pages on gpt-4o cost cents, not dollars.
