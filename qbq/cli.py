@@ -58,12 +58,13 @@ def _marks_table(payload: NativePayload, limit: int | None = None) -> Table:
         for a in student.answers:
             if a.question_number not in qnums:
                 qnums.append(a.question_number)
-    table = Table(title=f"{payload.assessment_id} — {payload.status}"
+    # Refs, ids and failure reasons are user text: escaped, so "[/b]" prints as itself.
+    table = Table(title=f"{escape(payload.assessment_id)} — {payload.status}"
                   + (" (SIMULATED grades)" if payload.summary.simulated else ""))
     table.add_column("student")
     table.add_column("status")
     for q in qnums:
-        table.add_column(f"Q{q}", justify="right")
+        table.add_column(f"Q{escape(q)}", justify="right")
     table.add_column("total", justify="right")
     table.add_column("review")
     reasons = {f.ref: f"{f.error_type}: {f.reason}" for f in payload.failures}
@@ -72,7 +73,8 @@ def _marks_table(payload: NativePayload, limit: int | None = None) -> Table:
         marks = {a.question_number: a.mark for a in s.answers}
         cells = [f"{marks[q]:g}" if q in marks else "—" for q in qnums]
         total = f"{sum(marks.values()):g}" if s.status == "graded" else reasons.get(s.ref, "")[:40]
-        table.add_row(s.ref, s.status, *cells, total, "yes" if s.needs_review else "")
+        table.add_row(escape(s.ref), s.status, *cells, escape(total),
+                      "yes" if s.needs_review else "")
     return table
 
 
@@ -178,7 +180,7 @@ def plan(
     if as_json:
         sys.stdout.write(json.dumps(body, indent=2) + "\n")
         return
-    table = Table(title=f"plan {p.process_id} ({p.model})")
+    table = Table(title=f"plan {p.process_id} ({escape(p.model)})")
     for col in ("batch", "students", "images", "prompt tokens", "max completion", "bytes"):
         table.add_column(col, justify="right")
     for b in p.batches:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from qbq.settings import get_settings
@@ -36,7 +37,8 @@ def _store() -> Store:
 
 
 def _unknown(process_id: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] no process {process_id!r} in this store", highlight=False)
+    err.print(f"[bold red]error:[/] no process {escape(repr(process_id))} in this store",
+              highlight=False)
     return typer.Exit(EXIT_INVALID)
 
 
@@ -51,7 +53,7 @@ def _fmt(value: Any) -> str:
         return f"{value:,.4f}".rstrip("0").rstrip(".") if value % 1 else f"{value:,.0f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
-    return str(value)
+    return escape(str(value))  # refs, reasons and feedback are user or model text
 
 
 def report(
@@ -76,7 +78,7 @@ def report(
     if as_json:
         _print_json(body)
     else:
-        title = f"process {process_id}" + (" (SIMULATED grades)" if metrics.simulated else "")
+        title = f"process {escape(process_id)}" + (" (SIMULATED grades)" if metrics.simulated else "")
         table = Table(title=title, show_header=False)
         table.add_column("metric")
         table.add_column("value", justify="right")
@@ -125,7 +127,7 @@ def review(
     if as_json:
         _print_json(records)
         return
-    table = Table(title=f"review queue of {process_id}: {len(records)} item(s)")
+    table = Table(title=f"review queue of {escape(process_id)}: {len(records)} item(s)")
     for c in columns:
         table.add_column(c.replace("_", " "), overflow="fold")
     for record in records:
@@ -176,7 +178,7 @@ def status(
     if as_json:
         _print_json(body)
         return
-    table = Table(title=f"process {process_id}", show_header=False)
+    table = Table(title=f"process {escape(process_id)}", show_header=False)
     table.add_column("field")
     table.add_column("value")
     for name, value in body.items():
@@ -200,7 +202,7 @@ def purge(
     try:
         age = parse_age(older_than)
     except ValueError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_INVALID) from exc
     done = run_purge(_store(), age)
     console.print(f"purged {done.raw_responses} raw model replies and {done.outbox_payloads} "
