@@ -80,14 +80,20 @@ def _marks_table(payload: NativePayload, limit: int | None = None) -> Table:
 
 def _preflight(request_path: Path) -> Prepared:
     """Validate, measure and plan before starting Prefect, so bad input costs nothing; check
-    the provider settings (API key, rate limits) too."""
+    the provider settings (API key, rate limits) and reused page ids too."""
+    from qbq.pipeline import check_page_ids
     from qbq.preparation import prepare
-    from qbq.resources import check_provider_settings
+    from qbq.resources import check_provider_settings, open_store
 
     settings = get_settings()
     with _input_errors():
         prepared = prepare(request_path, settings=settings, policy=GradingPolicy())
         check_provider_settings(settings)
+        store = open_store(settings)
+        try:
+            check_page_ids(store, prepared.request)
+        finally:
+            store.dispose()
     return prepared
 
 

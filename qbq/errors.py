@@ -6,6 +6,7 @@
     │   ├── ImageError                 a page cannot be read or measured
     │   │   └── PageFetchError             a page URL could not be downloaded (status_code if HTTP)
     │   │       └── PageUrlRefusedError        the URL or the address it leads to is not allowed
+    │   ├── PageIdConflictError        page ids seen before with other content (no regrade)
     │   ├── UnknownModelError          a model with no known limits
     │   └── ConfigurationError         settings, blocks or limits are missing or wrong
     ├── PlanningError              a student cannot fit in any batch (exit code 2)
@@ -45,6 +46,7 @@ __all__ = [
     "ImageError",
     "InputError",
     "PageFetchError",
+    "PageIdConflictError",
     "PageUrlRefusedError",
     "PlanningError",
     "ProviderConnectionError",
@@ -143,6 +145,26 @@ class PageFetchError(ImageError):
 
 class PageUrlRefusedError(PageFetchError):
     """The URL is not one qbq fetches (scheme, credentials) or leads to a non-public address."""
+
+
+class PageIdConflictError(InputError):
+    """Declared page ids were seen before, in the same assessment, with other content.
+
+    `ids` lists them (sorted). Grading would return the old pages' marks, so the request is
+    refused unless it says `"regrade": true`.
+    """
+
+    def __init__(self, assessment_id: str, ids: list[str]) -> None:
+        self.assessment_id = assessment_id
+        self.ids = ids
+        shown = ", ".join(repr(i) for i in ids[:20]) + (f" and {len(ids) - 20} more"
+                                                        if len(ids) > 20 else "")
+        super().__init__(
+            f"page ids already used in assessment {assessment_id!r} with other content: {shown}."
+            ' Give new page ids, or set "regrade": true to grade the new pages as a new process')
+
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.assessment_id, self.ids), {}
 
 
 class UnknownModelError(InputError):

@@ -11,6 +11,7 @@ from typing import Literal
 
 from qbq.delivery import DeliveryReport
 from qbq.domain import GradingRequest
+from qbq.errors import PageIdConflictError
 from qbq.observability.lifecycle import purge_after_reduce
 from qbq.payload import LegacyPayload, NativePayload, RunSummary
 from qbq.planning import BatchPlan
@@ -19,8 +20,10 @@ from qbq.reduce import StoredBatch, reduce_results, to_legacy
 from qbq.settings import GradingPolicy, QbqSettings
 from qbq.store import BatchSpec, Store
 from qbq.store import repository as repo
+from qbq.store.page_contents import page_content_conflicts, remember_page_contents
 
-__all__ = ["Finalized", "RunResult", "build_payload", "collect", "finalize", "register"]
+__all__ = ["Finalized", "RunResult", "build_payload", "check_page_ids", "collect", "finalize",
+           "register"]
 
 
 def payload_format(request: GradingRequest, settings: QbqSettings) -> Literal["native", "legacy"]:
@@ -29,10 +32,28 @@ def payload_format(request: GradingRequest, settings: QbqSettings) -> Literal["n
     return request.source_format
 
 
-def register(store: Store, prepared: Prepared, settings: QbqSettings) -> None:
-    """Record the process and its batches (idempotent: a rerun finds them in place)."""
-    request, plan = prepared.request, prepared.plan
+def check_page_ids(store: Store, request: GradingRequest) -> None:
+    """Raise `PageIdConflictError` when declared page ids were seen before in this assessment
+    with other content, unless the request asks to regrade."""
+    contents = request.declared_contents
+    if request.regrade or not contents:
+        return
     with store.transaction() as session:
+        conflicts = page_content_conflicts(session, request.assessment_id, contents)
+    if conflicts:
+        raise PageIdConflictError(request.assessment_id, conflicts)
+
+
+def register(store: Store, prepared: Prepared, settings: QbqSettings) -> None:
+    """Record the process and its batches (idempotent: a rerun finds them in place).
+
+    Raises `PageIdConflictError` for page ids reused with new content (`check_page_ids`).
+    """
+    request, plan = prepared.request, prepared.plan
+    check_page_ids(store, request)
+    with store.transaction() as session:
+        remember_page_contents(session, request.assessment_id, request.declared_contents,
+                               plan.process_id)
         repo.ensure_process(
             session,
             process_id=plan.process_id,

@@ -150,6 +150,8 @@ class NativeRequest(BaseModel):
     students: Annotated[list[StudentIn], Field(max_length=MAX_STUDENTS)] = Field(
         default_factory=list)
     class_scan: ClassScanIn | None = None
+    #: Grade again though page ids were seen before with other content (a new process).
+    regrade: bool = False
 
 
 class LegacyImage(BaseModel):
@@ -180,6 +182,7 @@ class LegacyRequest(BaseModel):
     images: Annotated[list[LegacyImage], Field(max_length=MAX_STUDENTS)]
     model_assessment: Annotated[list[str], Field(max_length=MAX_PAGES_PER_STUDENT)] | None = None
     question_list: Annotated[list[LegacyQuestion], Field(max_length=MAX_QUESTIONS)]
+    regrade: bool = False
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

@@ -204,3 +204,20 @@ class OutboxRow(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class PageContentRow(Base):
+    """The content first seen under a declared page id of an assessment (issue 15).
+
+    A later request that declares the same id with other content is refused unless it asks to
+    regrade, so new scans never pick up the marks of old ones.
+    """
+
+    __tablename__ = "page_contents"
+
+    assessment_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    page_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    #: sha256 hex of the page's original file (with `#p<n>` for page n of a multi-page file).
+    content_sha: Mapped[str] = mapped_column(String(100))
+    process_id: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

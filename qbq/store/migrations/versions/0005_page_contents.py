@@ -1,0 +1,33 @@
+"""The content first seen under each declared page id of an assessment (reused ids refused).
+
+Revision ID: 0005
+Revises: 0003
+Create Date: 2026-11-30
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0005"
+down_revision: str | Sequence[str] | None = "0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "page_contents",
+        sa.Column("assessment_id", sa.String(200), primary_key=True),
+        sa.Column("page_id", sa.String(200), primary_key=True),
+        sa.Column("content_sha", sa.String(100), nullable=False),
+        sa.Column("process_id", sa.String(200), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("page_contents")
