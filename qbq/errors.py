@@ -26,6 +26,7 @@
     ├── GradingFailedError         a batch could not be graded after its attempts
     │   └── RetryBudgetExhaustedError  the run's retry budget (attempts, tokens) is spent
     ├── DeliveryError              the results API refused or could not be reached
+    ├── RedactedError              an outside exception whose message held a secret, masked
     └── StoreStateError            a store row is missing or a state change breaks its rules
 
 Every error pickles (Dask and Prefect ship them between processes): `__reduce__` rebuilds it
@@ -57,6 +58,7 @@ __all__ = [
     "ProviderUnavailableError",
     "QbqError",
     "RateLimitedError",
+    "RedactedError",
     "RefusalError",
     "RequestValidationError",
     "ResponseError",
@@ -312,6 +314,19 @@ class DeliveryError(QbqError):
 
     def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (self.message,), {"status_code": self.status_code}
+
+
+class RedactedError(QbqError):
+    """An exception from outside qbq (a driver, a client library) whose message held a secret
+    (a signed URL query, image bytes, a key): re-raised with the message masked, named by
+    `original_type`, so Prefect's states, events and logs never store the secret."""
+
+    def __init__(self, message: str, original_type: str = "Exception") -> None:
+        super().__init__(message)
+        self.original_type = original_type
+
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.message, self.original_type), {}
 
 
 class StoreStateError(QbqError):

@@ -1,7 +1,8 @@
 """Prefect tasks for one grading run: prepare, register, grade_batch (mapped), finalize, deliver.
 
 Each is a few lines over a qbq function; the run's store and clients come from
-`qbq.resources.resources_for(run)`, opened once by the flow.
+`qbq.resources.resources_for(run)`, opened once by the flow. `redacting` masks secrets in the
+message of any outside exception before Prefect stores it in a state or event.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from qbq import pipeline
 from qbq.delivery import DeliveryReport, drain_outbox
 from qbq.errors import GradingFailedError
 from qbq.grading import BatchOutcome, grade_batch
+from qbq.observability.logs import redacting
 from qbq.planning import PlannedBatch
 from qbq.preparation import Prepared, prepare
 from qbq.resources import RunRef, resources_for
@@ -27,6 +29,7 @@ __all__ = ["deliver_task", "finalize_task", "grade_batch_task", "prepare_task", 
 
 
 @task(name="prepare", cache_policy=NO_CACHE, persist_result=False)
+@redacting
 def prepare_task(source: dict[str, Any] | str, settings: QbqSettings,
                  policy: GradingPolicy) -> Prepared:
     return prepare(source if isinstance(source, dict) else Path(source), settings=settings,
@@ -34,6 +37,7 @@ def prepare_task(source: dict[str, Any] | str, settings: QbqSettings,
 
 
 @task(name="register", cache_policy=NO_CACHE, persist_result=False)
+@redacting
 def register_task(prepared: Prepared, run: RunRef) -> None:
     pipeline.register(resources_for(run).store, prepared, run.settings)
 
@@ -59,6 +63,7 @@ def _batch_run_name() -> str:
 
 @task(name="grade_batch", cache_key_fn=_batch_cache_key, persist_result=True, retries=0,
       task_run_name=_batch_run_name)
+@redacting
 def grade_batch_task(batch: PlannedBatch, prepared: Prepared, run: RunRef) -> BatchOutcome:
     """Grade one batch; retries happen inside (honouring retry-after), never in Prefect.
 
@@ -75,12 +80,14 @@ def grade_batch_task(batch: PlannedBatch, prepared: Prepared, run: RunRef) -> Ba
 
 
 @task(name="finalize", cache_policy=NO_CACHE, persist_result=False)
+@redacting
 def finalize_task(prepared: Prepared, run: RunRef) -> pipeline.Finalized:
     return pipeline.finalize(resources_for(run).store, prepared, policy=run.policy,
                              settings=run.settings)
 
 
 @task(name="deliver", cache_policy=NO_CACHE, persist_result=False)
+@redacting
 def deliver_task(process_id: str, run: RunRef) -> DeliveryReport:
     """Send this run's payload now (even if an earlier attempt is backing off)."""
     resources = resources_for(run)

@@ -126,9 +126,11 @@ class Store:
 
 
 def _create_engine(url: str) -> Engine:
+    # hide_parameters: a failed statement's error would otherwise quote its parameters (batch
+    # results with names and feedback) into logs, Prefect states and events (issue 15).
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
     database = parsed.database or ""
     in_memory = database in ("", ":memory:") or "mode=memory" in database
@@ -139,7 +141,7 @@ def _create_engine(url: str) -> Engine:
         kwargs["poolclass"] = StaticPool
     elif not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, **kwargs)
+    engine = create_engine(url, hide_parameters=True, **kwargs)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
