@@ -1,4 +1,4 @@
-"""The `qbq` command line: grade, plan, sample, demo, simulate, receiver.
+"""The `qbq` command line: grade, plan, submit, sample, demo, simulate, receiver.
 
 Exit codes: 0 success, 1 grading failed, 2 invalid input or configuration.
 """
@@ -21,7 +21,7 @@ from rich.table import Table
 
 from qbq.cli_models import register as register_models
 from qbq.cli_reports import register as register_reports
-from qbq.errors import InputError, PlanningError, QbqError
+from qbq.errors import InputError, PlanningError, QbqError, RequestValidationError
 from qbq.payload import NativePayload
 from qbq.settings import GradingPolicy, get_settings
 
@@ -197,6 +197,28 @@ def plan(
                   f"{p.prompt_tokens:,} prompt tokens; est. ${p.estimated_cost_usd():.4f}")
     for line in intake_lines(prepared.request):
         console.print(line, markup=False, highlight=False)
+
+
+@app.command()
+def submit(
+    request: Annotated[Path, typer.Argument(help="Request JSON (native or legacy).")],
+) -> None:
+    """Validate a request and store it in qbq's store; print its id for a `grade-assessment`
+    run's `request_id` (Prefect then never holds the request's images, URLs or instructions)."""
+    from qbq.resources import open_store
+    from qbq.submission import submit_request
+
+    with _input_errors():
+        try:
+            text = request.read_bytes()
+        except OSError as exc:
+            raise RequestValidationError([f"request file {request}: {exc.strerror}"]) from exc
+        store = open_store(get_settings())
+        try:
+            request_id = submit_request(store, text, request.parent)
+        finally:
+            store.dispose()
+    sys.stdout.write(request_id + "\n")
 
 
 @app.command()

@@ -33,12 +33,7 @@ from qbq.field_limits import (
 )
 from qbq.images import data_uri_problem
 
-#: Prefect refuses flow-run parameters larger than this when serialized as JSON (its server
-#: setting `server.api.max_parameter_size`), and stores the ones it takes in clear.
-PREFECT_MAX_PARAMETER_BYTES = 524_288
-
 __all__ = [
-    "PREFECT_MAX_PARAMETER_BYTES",
     "ClassScanIn",
     "LegacyImage",
     "LegacyQuestion",
@@ -47,7 +42,6 @@ __all__ = [
     "PageIn",
     "QuestionIn",
     "StudentIn",
-    "inline_request_problem",
     "parse_request",
     "parse_request_json",
     "request_problems",
@@ -304,20 +298,6 @@ def parse_request_json(text: str | bytes) -> NativeRequest | LegacyRequest:
     except ValueError as exc:  # an integer of more than 4,300 digits (sys.int_info)
         raise RequestValidationError([f"request: unreadable JSON number ({exc})"]) from exc
     return parse_request(data)
-
-
-def inline_request_problem(body: Any) -> str | None:
-    """Why an inline request (a flow parameter) is too large for Prefect, or None.
-
-    Prefect refuses flow-run parameters over `PREFECT_MAX_PARAMETER_BYTES` and stores the rest
-    in its database in clear; large requests (pages as data URIs) belong in a file.
-    """
-    size = len(json.dumps(body, separators=(",", ":")).encode())
-    if size <= PREFECT_MAX_PARAMETER_BYTES:
-        return None
-    return (f"the inline request is {size:,} bytes, over the {PREFECT_MAX_PARAMETER_BYTES:,} "
-            "bytes Prefect accepts as a flow parameter: write it to a file the worker can read "
-            "and pass request_path, or give its pages as URLs instead of data URIs")
 
 
 RequestFormat = Literal["native", "legacy"]

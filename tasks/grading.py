@@ -22,18 +22,31 @@ from qbq.grading import BatchOutcome, grade_batch
 from qbq.observability.logs import redacting
 from qbq.planning import PlannedBatch
 from qbq.preparation import Prepared, prepare
-from qbq.resources import RunRef, resources_for
+from qbq.resources import RunRef, open_store, resources_for
 from qbq.settings import GradingPolicy, QbqSettings
+from qbq.submission import load_submitted
 
-__all__ = ["deliver_task", "finalize_task", "grade_batch_task", "prepare_task", "register_task"]
+__all__ = ["deliver_task", "finalize_task", "grade_batch_task", "prepare_task", "register_task",
+           "submitted_task"]
 
 
 @task(name="prepare", cache_policy=NO_CACHE, persist_result=False)
 @redacting
 def prepare_task(source: dict[str, Any] | str, settings: QbqSettings,
-                 policy: GradingPolicy) -> Prepared:
+                 policy: GradingPolicy, base_dir: Path | None = None) -> Prepared:
     return prepare(source if isinstance(source, dict) else Path(source), settings=settings,
-                   policy=policy)
+                   policy=policy, base_dir=base_dir)
+
+
+@task(name="load-submitted-request", cache_policy=NO_CACHE, persist_result=False)
+@redacting
+def submitted_task(request_id: str, settings: QbqSettings) -> tuple[dict[str, Any], Path]:
+    """The request `qbq submit` stored under `request_id`, and its base folder."""
+    store = open_store(settings)
+    try:
+        return load_submitted(store, request_id)
+    finally:
+        store.dispose()
 
 
 @task(name="register", cache_policy=NO_CACHE, persist_result=False)

@@ -221,3 +221,18 @@ class PageContentRow(Base):
     content_sha: Mapped[str] = mapped_column(String(100))
     process_id: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SubmittedRequestRow(Base):
+    """A request stored by `qbq submit`, so a flow run takes its id instead of the request:
+    Prefect keeps flow-run parameters in clear, and a request holds image bytes, signed URLs
+    and instructions (issue 15)."""
+
+    __tablename__ = "submitted_requests"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: The request JSON as submitted.
+    body: Mapped[str] = mapped_column(Text)
+    #: Folder its relative page paths resolve against.
+    base_dir: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -276,3 +276,36 @@ def test_a_failed_store_write_leaks_no_result_into_logs_or_states(
     leaked = sorted({n for n in [*names, FEEDBACK_MARK] if n.lower() in haystack.lower()})
     assert names and leaked == [], f"leaked into logs/states: {leaked}"
     assert "parameters hidden" in haystack.lower()
+
+
+def test_a_submitted_request_leaves_nothing_in_flow_run_parameters(
+    tmp_path: Path, grading_env: str, receiver: BackgroundServer,
+) -> None:
+    """Issue 15 item 6, the platform route: `qbq submit` stores the request in qbq's store and
+    the run takes its id, so Prefect's flow-run parameters hold no image bytes, signed query or
+    instructions (they used to hold the whole inline request)."""
+    from qbq.submission import submit_request
+
+    request = write_sample(tmp_path / "sample", students=2, pages=1, questions=2, seed=7)
+    body = json.loads(request.read_text())
+    body["instructions"] = f"{FEEDBACK_MARK} instructions, signed {SIGNATURE}"
+    page = request.parent / body["students"][0]["pages"][0]["path"]
+    data_uri = "data:image/png;base64," + base64.b64encode(page.read_bytes()).decode()
+    body["students"][0]["pages"][0] = {"data_uri": data_uri, "id": "s1-p1"}
+    store = open_store(get_settings())
+    request_id = submit_request(store, json.dumps(body), request.parent)
+    store.dispose()
+
+    state = grade_assessment(request_id=request_id, return_state=True)
+    result: RunResult = state.result()
+    assert result.status == "success" and result.summary.graded == 2
+    texts, _logs = _api_texts(state.state_details.flow_run_id, result.process_id,
+                              published=False)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        parameters = client.read_flow_run(state.state_details.flow_run_id).parameters
+    assert parameters["request_id"] == request_id and parameters.get("request_path") is None
+    haystack = "\n".join([*texts, json.dumps(parameters)]).lower()
+    needles = [FEEDBACK_MARK, SIGNATURE, data_uri[22:80], "base64,"]
+    assert sorted(n for n in needles if n.lower() in haystack) == []

@@ -1,4 +1,4 @@
-"""The content first seen under each declared page id of an assessment (reused ids refused).
+"""Page contents per declared id (reused ids refused) and requests stored by `qbq submit`.
 
 Revision ID: 0005
 Revises: 0003
@@ -27,7 +27,15 @@ def upgrade() -> None:
         sa.Column("process_id", sa.String(200), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
+    op.create_table(
+        "submitted_requests",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("body", sa.Text(), nullable=False),
+        sa.Column("base_dir", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("submitted_requests")
     op.drop_table("page_contents")
