@@ -27,7 +27,8 @@
     │   └── RetryBudgetExhaustedError  the run's retry budget (attempts, tokens) is spent
     ├── DeliveryError              the results API refused or could not be reached
     ├── RedactedError              an outside exception whose message held a secret, masked
-    └── StoreStateError            a store row is missing or a state change breaks its rules
+    ├── StoreStateError            a store row is missing or a state change breaks its rules
+    └── StoreUnavailableError      the store failed persistently, or longer than QBQ_DB_OUTAGE_S
 
 Every error pickles (Dask and Prefect ship them between processes): `__reduce__` rebuilds it
 from its constructor arguments. Messages that reach the store are cut to `DETAIL_MAX`
@@ -67,6 +68,7 @@ __all__ = [
     "ResponseShapeError",
     "RetryBudgetExhaustedError",
     "StoreStateError",
+    "StoreUnavailableError",
     "TruncatedResponseError",
     "UnknownModelError",
     "clip_detail",
@@ -331,5 +333,12 @@ class RedactedError(QbqError):
 
 class StoreStateError(QbqError):
     """A store row is missing or a state change breaks the store's state rules."""
+
+    stage = "store"
+
+
+class StoreUnavailableError(QbqError):
+    """The store cannot be used: a persistent error (read-only, disk full) or an outage longer
+    than `QBQ_DB_OUTAGE_S`. The message names the store (no password) and the cause."""
 
     stage = "store"

@@ -28,7 +28,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from qbq.backoff import full_jitter
 from qbq.domain import GradingRequest, Page, Student
@@ -55,6 +55,9 @@ from qbq.store import Store, acquire_batch_lease, new_owner_id, utcnow
 from qbq.store import leases as repo_leases
 from qbq.store import repository as repo
 from qbq.usage import Usage
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 __all__ = ["HANDLERS", "BatchOutcome", "Fail", "GradingDeps", "GroupState", "MoreRoom", "Reask",
            "Retry", "Rules", "Split", "decide", "grade_batch", "page_url"]
@@ -411,7 +414,8 @@ def _finish(run: _BatchRun, graded: _Graded) -> BatchOutcome:
     }
     error = graded.last_error if graded.failures else None
     raw = run.last_raw if deps.keep_raw_responses or error else None
-    with deps.store.transaction() as session:
+
+    def write(session: Session) -> None:
         if error is not None:
             repo.record_batch_failure(session, key, error_type=error.error_type,
                                       stage=error.stage, detail=clip_detail(error.message),
@@ -420,6 +424,9 @@ def _finish(run: _BatchRun, graded: _Graded) -> BatchOutcome:
         else:
             repo.record_batch_success(session, key, result=result, usage=usage,
                                       attempts=run.attempts, raw_response=raw)
+
+    # The replies are paid for: held and written when a store outage ends (QBQ_DB_OUTAGE_S).
+    deps.store.run(write)
     status: BatchStatus = "failed" if error else "succeeded"
     log_batch_event(log, "batch_finished", logging.WARNING if error else logging.INFO,
                     process_id=run.process_id, batch_id=batch.index, idempotency_key=key,
