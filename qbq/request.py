@@ -9,7 +9,15 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    ValidationError,
+    model_validator,
+)
 
 from qbq.errors import RequestValidationError
 from qbq.field_limits import (
@@ -19,6 +27,7 @@ from qbq.field_limits import (
     MAX_PAGES_PER_STUDENT,
     MAX_QUESTIONS,
     MAX_STUDENTS,
+    MAX_URL_LENGTH,
     AssessmentId,
     Instructions,
     ModelName,
@@ -30,6 +39,7 @@ from qbq.field_limits import (
     UrlText,
     json_depth_problem,
     nesting_problem,
+    unprintable,
 )
 from qbq.images import data_uri_problem
 
@@ -52,6 +62,20 @@ _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=True)
 PageSide = Annotated[int, Field(gt=0, le=MAX_PAGE_SIDE)]
 Mark = Annotated[FiniteFloat, Field(le=MAX_MARK)]  # JSON's Infinity would let any mark pass
 ExternalId = Annotated[int, Field(ge=0, le=MAX_EXTERNAL_ID)]
+
+
+def _url_unless_data_uri(value: str) -> str:
+    if value.startswith("data:"):
+        return value
+    if len(value) > MAX_URL_LENGTH:
+        raise ValueError(f"a URL of at most {MAX_URL_LENGTH:,} characters, got {len(value):,}")
+    found = unprintable(value)
+    if found is not None:
+        raise ValueError(f"must not contain control or format characters (found {found})")
+    return value
+
+
+DataUriOrUrl = Annotated[str, AfterValidator(_url_unless_data_uri)]
 
 
 class PageIn(BaseModel):
@@ -174,7 +198,9 @@ class LegacyRequest(BaseModel):
     pages_per_student: Annotated[int, Field(gt=0, le=MAX_PAGES_PER_STUDENT)]
     prompt: Instructions | None = None
     images: Annotated[list[LegacyImage], Field(max_length=MAX_STUDENTS)]
-    model_assessment: Annotated[list[str], Field(max_length=MAX_PAGES_PER_STUDENT)] | None = None
+    #: Model-answer pages: data URIs (bounded by QBQ_MAX_PAGE_BYTES) or URLs (like aws_path).
+    model_assessment: Annotated[list[DataUriOrUrl], Field(max_length=MAX_PAGES_PER_STUDENT)] | None = (
+        None)
     question_list: Annotated[list[LegacyQuestion], Field(max_length=MAX_QUESTIONS)]
     regrade: bool = False
 

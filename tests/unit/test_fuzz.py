@@ -70,6 +70,13 @@ FINDINGS = {
         "images": [{"id": 1, "page_number": 1, "aws_path": "http://a\x00b/x"}],
         "question_list": [{"question_number": "1", "max_mark": 1}]}), RequestValidationError,
         "images[0].aws_path: must not contain control"),
+    "legacy model answer with newline": (json.dumps({
+        "external_assessment_id": 1, "external_assessment_settings_id": 2,
+        "external_assessment_file_id": 3, "pages_per_student": 1,
+        "images": [{"id": 1, "page_number": 1, "aws_path": FUZZ_PAGE_URL}],
+        "model_assessment": ["http://a.example/x\ny"],
+        "question_list": [{"question_number": "1", "max_mark": 1}]}), RequestValidationError,
+        "model_assessment[0]: must not contain control or format characters (found U+000A)"),
     "legacy model answer unclosed IPv6": (json.dumps({
         "external_assessment_id": 1, "external_assessment_settings_id": 2,
         "external_assessment_file_id": 3, "pages_per_student": 1,
