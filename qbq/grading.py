@@ -296,9 +296,9 @@ class _BatchRun:
         now = time.monotonic()
         if now - self._renewed < self.deps.policy.lease_s / 3:
             return
-        with self.deps.store.transaction() as session:
-            repo_leases.renew_batch_lease(session, self.batch.idempotency_key, owner=self.owner,
-                                          now=utcnow(), lease_s=self.deps.policy.lease_s)
+        self.deps.store.run(lambda session: repo_leases.renew_batch_lease(
+            session, self.batch.idempotency_key, owner=self.owner, now=utcnow(),
+            lease_s=self.deps.policy.lease_s))
         self._renewed = now
 
     def _attempt(self, state: GroupState, out: _Graded) -> None:
@@ -317,10 +317,9 @@ class _BatchRun:
             raise ResponseRuleError(checked.problems, body=reply.content)
 
     def _record(self, exc: QbqError) -> None:
-        with self.deps.store.transaction() as session:
-            repo.record_attempt_error(session, self.batch.idempotency_key, attempt=self.attempts,
-                                      error_type=exc.error_type, stage=exc.stage,
-                                      detail=exc.message)
+        self.deps.store.run(lambda session: repo.record_attempt_error(
+            session, self.batch.idempotency_key, attempt=self.attempts,
+            error_type=exc.error_type, stage=exc.stage, detail=exc.message))
         log_batch_event(log, "batch_attempt_failed", process_id=self.process_id,
                         batch_id=self.batch.index, idempotency_key=self.batch.idempotency_key,
                         model=self.request.model, attempt=self.attempts,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from qbq.delivery import DeliveryReport
 from qbq.domain import GradingRequest
@@ -21,6 +21,9 @@ from qbq.settings import GradingPolicy, QbqSettings
 from qbq.store import BatchSpec, Store
 from qbq.store import repository as repo
 from qbq.store.page_contents import page_content_conflicts, remember_page_contents
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 __all__ = ["Finalized", "RunResult", "build_payload", "check_page_ids", "collect", "finalize",
            "register"]
@@ -51,7 +54,8 @@ def register(store: Store, prepared: Prepared, settings: QbqSettings) -> None:
     """
     request, plan = prepared.request, prepared.plan
     check_page_ids(store, request)
-    with store.transaction() as session:
+
+    def write(session: Session) -> None:  # idempotent, so replayed after a dropped connection
         remember_page_contents(session, request.assessment_id, request.declared_contents,
                                plan.process_id)
         repo.ensure_process(
@@ -72,6 +76,8 @@ def register(store: Store, prepared: Prepared, settings: QbqSettings) -> None:
         process = repo.get_process(session, plan.process_id)
         if process is not None and process.status != "completed":
             repo.set_process_status(session, plan.process_id, "grading")
+
+    store.run(write)
 
 
 def collect(store: Store, plan: BatchPlan) -> dict[str, StoredBatch]:
@@ -128,16 +134,16 @@ def finalize(store: Store, prepared: Prepared, *, policy: GradingPolicy,
     native, outgoing = build_payload(prepared, collect(store, prepared.plan), policy=policy,
                                      settings=settings)
     body = json.loads(outgoing.model_dump_json())
-    with store.transaction() as session:
-        repo.complete_process(
-            session,
-            prepared.plan.process_id,
-            status="completed" if native.status == "success" else "failed",
-            summary=native.summary.model_dump(mode="json"),
-            payload=body if settings.results_api_url else None,
-            target_url=settings.results_api_url,
-            delivery_key=delivery_key(prepared.plan.process_id),
-        )
+    # A repeated completion queues nothing new, so it is replayed after a dropped connection.
+    store.run(lambda session: repo.complete_process(
+        session,
+        prepared.plan.process_id,
+        status="completed" if native.status == "success" else "failed",
+        summary=native.summary.model_dump(mode="json"),
+        payload=body if settings.results_api_url else None,
+        target_url=settings.results_api_url,
+        delivery_key=delivery_key(prepared.plan.process_id),
+    ))
     purge_after_reduce(store, [b.idempotency_key for b in prepared.plan.batches],
                        keep=settings.keep_raw_responses)
     return Finalized(native, outgoing)

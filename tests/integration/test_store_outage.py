@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from qbq import pipeline
 from qbq.errors import StoreUnavailableError
 from qbq.grading import grade_batch
-from qbq.preparation import prepare
+from qbq.preparation import Prepared, prepare
 from qbq.sample import write_sample
 from qbq.settings import GradingPolicy, QbqSettings
 from qbq.store import Store, repository
@@ -115,44 +115,78 @@ def test_a_read_only_database_is_a_persistent_error_naming_the_cause(tmp_path: P
         store.dispose()
 
 
-def test_a_paid_reply_is_held_through_an_outage_and_written_once_the_store_is_back(
-        proxied_url: tuple[str, TcpProxy], tmp_path: Path) -> None:
-    """The database goes away right after the model answered: the reply is not dropped, the
-    batch is written once the store is back, and the model was called once."""
-    url, proxy = proxied_url
-    request = write_sample(tmp_path / "s", students=2, pages=1, questions=2, seed=3)
-    prepared = prepare(request, settings=QbqSettings(page_cache_dir=str(tmp_path / "cache")),
-                       policy=GradingPolicy())
-    release = threading.Event()
-    refused_before = proxy.refused
-    outages: list[threading.Thread] = []
+class _Cut:
+    """A store whose connection drops when the first statement starting with `statement` runs
+    (mid-transaction); the outage ends once the store has tried to reconnect 3 times."""
 
-    def sleep(seconds: float) -> None:
-        if proxy.refused - refused_before >= 3:
-            release.set()
+    def __init__(self, url: str, proxy: TcpProxy, statement: str,
+                 also: str = "") -> None:
+        self.proxy, self.statement, self.also = proxy, statement, also
+        self.release = threading.Event()
+        self.refused_before = proxy.refused
+        self.outages: list[threading.Thread] = []
+        self.store = Store(url, outage_s=30, sleep=self._sleep)
+        event.listen(self.store.engine, "before_cursor_execute", self._hook)
+
+    @property
+    def refusals(self) -> int:
+        return self.proxy.refused - self.refused_before
+
+    def _sleep(self, seconds: float) -> None:
+        if self.refusals >= 3:
+            self.release.set()
         threading.Event().wait(min(seconds, 0.05))
 
-    store = Store(url, outage_s=30, sleep=sleep)
-    qnums = [q.question_number for q in prepared.request.questions]
-    def cut_the_result_write(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        # The connection drops as the batch's result is written, mid-transaction.
-        if not outages and statement.startswith("UPDATE batches") and "result=" in statement:
-            outages.append(_outage_until(proxy, release))
+    def _hook(self, _conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if not self.outages and statement.startswith(self.statement) and self.also in statement:
+            self.outages.append(_outage_until(self.proxy, self.release))
 
-    provider = ScriptedProvider(qnums)
+    def close(self) -> None:
+        self.release.set()
+        for thread in self.outages:
+            thread.join(5)
+        self.store.dispose()
+
+
+def _prepared(folder: Path, seed: int) -> Prepared:
+    request = write_sample(folder / "s", students=2, pages=1, questions=2, seed=seed)
+    return prepare(request, settings=QbqSettings(page_cache_dir=str(folder / "cache")),
+                   policy=GradingPolicy())
+
+
+def test_a_paid_reply_is_held_through_an_outage_and_written_once_the_store_is_back(
+        proxied_url: tuple[str, TcpProxy], tmp_path: Path) -> None:
+    """The connection drops as the batch's result is written: the reply is not dropped, the
+    batch is written once the store is back, and the model was called once."""
+    url, proxy = proxied_url
+    prepared = _prepared(tmp_path, seed=3)
+    cut = _Cut(url, proxy, "UPDATE batches", also="result=")
+    provider = ScriptedProvider([q.question_number for q in prepared.request.questions])
     try:
-        pipeline.register(store, prepared, QbqSettings(database_url=url))
-        event.listen(store.engine, "before_cursor_execute", cut_the_result_write)
+        pipeline.register(cut.store, prepared, QbqSettings(database_url=url))
         batch = prepared.plan.batches[0]
-        outcome = grade_batch(batch, prepared.request, fake_run(store, provider, FakeClock()).deps)
+        outcome = grade_batch(batch, prepared.request,
+                              fake_run(cut.store, provider, FakeClock()).deps)
         assert outcome.status == "succeeded" and len(provider.calls) == 1
-        assert outages  # the write was cut
-        assert proxy.refused - refused_before >= 3  # and replayed after the outage
-        with store.transaction() as session:
+        assert cut.outages and cut.refusals >= 3  # the write was cut, then replayed
+        with cut.store.transaction() as session:
             row = repository.get_batches(session, [batch.idempotency_key])[batch.idempotency_key]
             assert row.status == "succeeded" and row.result is not None
     finally:
-        release.set()
-        for thread in outages:
-            thread.join(5)
-        store.dispose()
+        cut.close()
+
+
+def test_registering_a_run_is_replayed_when_its_connection_drops(
+        proxied_url: tuple[str, TcpProxy], tmp_path: Path) -> None:
+    url, proxy = proxied_url
+    prepared = _prepared(tmp_path, seed=4)
+    cut = _Cut(url, proxy, "INSERT INTO batches")
+    try:
+        pipeline.register(cut.store, prepared, QbqSettings(database_url=url))
+        assert cut.outages and cut.refusals >= 3
+        keys = [b.idempotency_key for b in prepared.plan.batches]
+        with cut.store.transaction() as session:
+            assert session.get(ProcessRow, prepared.plan.process_id) is not None
+            assert set(repository.get_batches(session, keys)) == set(keys)
+    finally:
+        cut.close()
