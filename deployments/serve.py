@@ -45,7 +45,8 @@ def build_deployments(intake_dir: str = "intake") -> list[RunnerDeployment]:
     return [_built(d) for d in (
         grade_assessment.to_deployment(
             name="grade-assessment", tags=["qbq", "grading"],
-            description="Grade one request (request_path on this machine, or inline)."),
+            description="Grade one request (request_id from `qbq submit`, or "
+                        "request_path on this machine)."),
         exam_session.to_deployment(
             name="exam-session", tags=["qbq", "grading", "scheduled"],
             parameters={"intake_dir": intake_dir},

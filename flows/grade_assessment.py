@@ -20,7 +20,6 @@ from qbq.observability.logs import configure_logging
 from qbq.pipeline import RunResult
 from qbq.preparation import Prepared, handed_over
 from qbq.progress import BatchProgress, publish
-from qbq.request import LegacyRequest, NativeRequest, inline_request_problem
 from qbq.resources import RunRef, run_resources
 from tasks.grading import (
     batch_mode_task,
@@ -29,6 +28,7 @@ from tasks.grading import (
     grade_batch_task,
     prepare_task,
     register_task,
+    submitted_task,
 )
 
 __all__ = ["grade_assessment"]
@@ -36,24 +36,24 @@ __all__ = ["grade_assessment"]
 
 @flow(name="grade-assessment", log_prints=False, persist_result=False)
 def grade_assessment(
-    request: NativeRequest | LegacyRequest | None = None,
+    request_id: str | None = None,
     request_path: str | None = None,
     provider_block: str | None = None,
     results_block: str | None = None,
     policy_block: str | None = None,
     mode: Literal["sync", "batch", "flex"] | None = None,
 ) -> RunResult:
-    """Grade one request (inline `request`, or a JSON file at `request_path` on the worker).
+    """Grade one request: stored by `qbq submit` (`request_id`), or a JSON file at
+    `request_path` on the worker. The request is never a parameter: Prefect keeps parameters
+    in its database in clear, and a request holds image bytes, signed URLs and instructions.
 
     Returns the run's `RunResult` (status, summary, payloads, delivery) to an in-process caller;
-    Prefect keeps none of it. Settings come from the `QBQ_*` environment; relative page paths
-    of an inline request resolve against the worker's working directory.
+    Prefect keeps none of it. Settings come from the `QBQ_*` environment.
 
     Args:
-        request: The grading request itself (native or legacy format). Give this or
-            request_path. At most 524,288 bytes as JSON (Prefect's limit on flow parameters,
-            which it also stores in clear): a larger request, e.g. with pages as data URIs,
-            goes in a file (request_path) or gives its pages as URLs.
+        request_id: Id printed by `qbq submit` (the request in qbq's store, `QBQ_DATABASE_URL`;
+            its relative page paths resolve against the folder it was submitted from). Give
+            this or request_path.
         request_path: Path of a request JSON file on the worker (relative page paths resolve
             against its folder).
         provider_block: Name of an OpenAIProvider block (API key, base URL, rate limits);
@@ -70,15 +70,15 @@ def grade_assessment(
     settings, policy = resolve_config(provider_block, results_block, policy_block)
     if mode is not None:
         policy = policy.model_copy(update={"mode": mode})
-    if (request is None) == (request_path is None):
-        raise ValueError("give exactly one of request or request_path")
-    source: dict[str, Any] | str = (
-        request.model_dump(mode="json", exclude_unset=True) if request is not None
-        else str(request_path)
-    )
-    if isinstance(source, dict) and (too_big := inline_request_problem(source)) is not None:
-        raise RequestValidationError([f"request: {too_big}"])
-    prepared = handed_over(source, settings, policy) or prepare_task(source, settings, policy)
+    if (request_id is None) == (request_path is None):
+        raise RequestValidationError(["request_id: give exactly one of request_id or "
+                                      "request_path"])
+    source: dict[str, Any] | str = str(request_path)
+    base_dir = None
+    if request_id is not None:
+        source, base_dir = submitted_task(request_id, settings)
+    prepared = handed_over(source, settings, policy) or prepare_task(source, settings, policy,
+                                                                     base_dir)
     plan = prepared.plan
     logger.info("process %s: %d students in %d batches, ~%d prompt tokens, est. $%.4f",
                 plan.process_id, plan.n_students, len(plan.batches), plan.prompt_tokens,

@@ -1,4 +1,4 @@
-"""The `qbq` command line: grade, plan, sample, demo, simulate, receiver.
+"""The `qbq` command line: grade, plan, submit, sample, demo, simulate, receiver.
 
 Exit codes: 0 success, 1 grading failed, 2 invalid input or configuration, 3 the payload could
 not be delivered (it stays in the outbox for the deliver-results flow).
@@ -22,7 +22,7 @@ from rich.table import Table
 
 from qbq.cli_models import register as register_models
 from qbq.cli_reports import register as register_reports
-from qbq.errors import InputError, PlanningError, QbqError
+from qbq.errors import InputError, PlanningError, QbqError, RequestValidationError
 from qbq.payload import NativePayload
 from qbq.settings import GradingPolicy, get_settings
 
@@ -60,12 +60,13 @@ def _marks_table(payload: NativePayload, limit: int | None = None) -> Table:
         for a in student.answers:
             if a.question_number not in qnums:
                 qnums.append(a.question_number)
-    table = Table(title=f"{payload.assessment_id} — {payload.status}"
+    # Refs, ids and failure reasons are user text: escaped, so "[/b]" prints as itself.
+    table = Table(title=f"{escape(payload.assessment_id)} — {payload.status}"
                   + (" (SIMULATED grades)" if payload.summary.simulated else ""))
     table.add_column("student")
     table.add_column("status")
     for q in qnums:
-        table.add_column(f"Q{q}", justify="right")
+        table.add_column(f"Q{escape(q)}", justify="right")
     table.add_column("total", justify="right")
     table.add_column("review")
     reasons = {f.ref: f"{f.error_type}: {f.reason}" for f in payload.failures}
@@ -76,21 +77,28 @@ def _marks_table(payload: NativePayload, limit: int | None = None) -> Table:
         marks = {a.question_number: a.mark for a in s.answers}
         cells = [f"{marks[q]:g}" if q in marks else "—" for q in qnums]
         total = f"{sum(marks.values()):g}" if s.status == "graded" else "—"
-        why = [reasons.get(s.ref, "")] if reasons else []
-        table.add_row(s.ref, s.status, *cells, total, "yes" if s.needs_review else "", *why)
+        why = [escape(reasons.get(s.ref, ""))] if reasons else []
+        table.add_row(escape(s.ref), s.status, *cells, total, "yes" if s.needs_review else "",
+                      *why)
     return table
 
 
 def _preflight(request_path: Path) -> Prepared:
     """Validate, measure and plan before starting Prefect, so bad input costs nothing; check
-    the provider settings (API key, rate limits) too."""
+    the provider settings (API key, rate limits) and reused page ids too."""
+    from qbq.pipeline import check_page_ids
     from qbq.preparation import prepare
-    from qbq.resources import check_provider_settings
+    from qbq.resources import check_provider_settings, open_store
 
     settings = get_settings()
     with _input_errors():
         prepared = prepare(request_path, settings=settings, policy=GradingPolicy())
         check_provider_settings(settings)
+        store = open_store(settings)
+        try:
+            check_page_ids(store, prepared.request)
+        finally:
+            store.dispose()
     return prepared
 
 
@@ -205,7 +213,7 @@ def plan(
     if as_json:
         sys.stdout.write(json.dumps(body, indent=2) + "\n")
         return
-    table = Table(title=f"plan {p.process_id} ({p.model})")
+    table = Table(title=f"plan {p.process_id} ({escape(p.model)})")
     for col in ("batch", "students", "images", "prompt tokens", "max completion", "bytes"):
         table.add_column(col, justify="right")
     for b in p.batches:
@@ -217,6 +225,28 @@ def plan(
     console.print(_estimates_table(p))
     for line in intake_lines(prepared.request):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def submit(
+    request: Annotated[Path, typer.Argument(help="Request JSON (native or legacy).")],
+) -> None:
+    """Validate a request and store it in qbq's store; print its id for a `grade-assessment`
+    run's `request_id` (Prefect then never holds the request's images, URLs or instructions)."""
+    from qbq.resources import open_store
+    from qbq.submission import submit_request
+
+    with _input_errors():
+        try:
+            text = request.read_bytes()
+        except OSError as exc:
+            raise RequestValidationError([f"request file {request}: {exc.strerror}"]) from exc
+        store = open_store(get_settings())
+        try:
+            request_id = submit_request(store, text, request.parent)
+        finally:
+            store.dispose()
+    sys.stdout.write(request_id + "\n")
 
 
 @app.command()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from qbq.settings import get_settings
@@ -46,7 +47,8 @@ def _store() -> Store:
 
 
 def _unknown(process_id: str, store: Store) -> typer.Exit:
-    err.print(f"[bold red]error:[/] no process {process_id!r} in the store at {store.label}",
+    err.print(f"[bold red]error:[/] no process {escape(repr(process_id))} in the store at "
+              f"{escape(store.label)}",
               highlight=False)
     return typer.Exit(EXIT_INVALID)
 
@@ -62,12 +64,12 @@ def _fmt(value: Any) -> str:
         return f"{value:,.4f}".rstrip("0").rstrip(".") if value % 1 else f"{value:,.0f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
-    return str(value)
+    return escape(str(value))  # refs, reasons and feedback are user or model text
 
 
 def _metrics_table(process_id: str, metrics: ProcessMetrics, body: dict[str, Any]) -> Table:
     """`qbq report`'s table: one row per figure, errors by type, the cost in each mode."""
-    title = f"process {process_id}" + (" (SIMULATED grades)" if metrics.simulated else "")
+    title = f"process {escape(process_id)}" + (" (SIMULATED grades)" if metrics.simulated else "")
     table = Table(title=title, show_header=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -161,7 +163,7 @@ def review(
     if as_json:
         _print_json(records)
         return
-    table = Table(title=f"review queue of {process_id}: {len(records)} item(s)")
+    table = Table(title=f"review queue of {escape(process_id)}: {len(records)} item(s)")
     for c in columns:
         # reasons and feedback wrap at words; a long ref or URL folds rather than being cut
         table.add_column(c.replace("_", " "), overflow="fold",
@@ -237,7 +239,7 @@ def status(
     if as_json:
         _print_json(body)
         return
-    table = Table(title=f"process {process_id}", show_header=False)
+    table = Table(title=f"process {escape(process_id)}", show_header=False)
     table.add_column("field")
     table.add_column("value", overflow="fold")
     for name, value in body.items():
@@ -271,7 +273,7 @@ def purge(
     try:
         age = parse_age(older_than)
     except ValueError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_INVALID) from exc
     done = run_purge(_store(), age)
     console.print(f"purged {done.raw_responses} raw model replies and {done.outbox_payloads} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -46,6 +47,9 @@ class Page:
     original_bytes: int = 0
     original_width: int = 0
     original_height: int = 0
+    #: sha256 of the original file (`#p<n>` appended for page n of several); None for a URL
+    #: passed on unread. Kept per declared page id in the store (reused ids, issue 15).
+    content_sha: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,23 @@ class GradingRequest:
     source_format: Literal["native", "legacy"] = "native"
     legacy: LegacyContext | None = None
     class_scan: ClassScanSplit | None = None
+    #: The request asked to regrade: pages are identified by content as well as by id, so new
+    #: content under ids seen before is a new process with new batches.
+    regrade: bool = False
+
+    @property
+    def declared_contents(self) -> dict[str, str]:
+        """Declared page id → content sha256 of every page whose content is known (ids made
+        from content, `sha256:...`, cannot be reused with other content)."""
+        pages = [*self.model_answer_pages, *(p for s in self.students for p in s.pages)]
+        return {p.image_id: p.content_sha for p in pages
+                if p.content_sha is not None and not p.image_id.startswith("sha256:")}
+
+    def content_key(self, students: Sequence[Student]) -> list[list[str | None]] | None:
+        """What a regrade adds to the process and batch identities: each page's content."""
+        if not self.regrade:
+            return None
+        return [[p.content_sha for p in s.pages] for s in students]
 
     @property
     def gradable_students(self) -> tuple[Student, ...]:
@@ -143,12 +164,15 @@ class GradingRequest:
     @cached_property
     def _request_hash(self) -> str:
         """Identity of the whole grading job: same request → same hash → same process."""
-        body = {
+        body: dict[str, object] = {
             "assessment_id": self.assessment_id,
             "model": self.model,
             "prompt": self.prompt_fingerprint,
             "students": [[s.ref, s.image_ids] for s in self.students],
         }
+        content = self.content_key(self.students)
+        if content is not None:
+            body["content"] = content
         canon = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canon.encode()).hexdigest()
 

@@ -6,6 +6,7 @@
     │   ├── ImageError                 a page cannot be read or measured
     │   │   └── PageFetchError             a page URL could not be downloaded (status_code if HTTP)
     │   │       └── PageUrlRefusedError        the URL or the address it leads to is not allowed
+    │   ├── PageIdConflictError        page ids seen before with other content (no regrade)
     │   ├── UnknownModelError          a model with no known limits
     │   └── ConfigurationError         settings, blocks or limits are missing or wrong
     ├── PlanningError              a student cannot fit in any batch (exit code 2)
@@ -28,7 +29,9 @@
     ├── GradingFailedError         a batch could not be graded after its attempts
     │   └── RetryBudgetExhaustedError  the run's retry budget (attempts, tokens) is spent
     ├── DeliveryError              the results API refused or could not be reached
-    └── StoreStateError            a store row is missing or a state change breaks its rules
+    ├── RedactedError              an outside exception whose message held a secret, masked
+    ├── StoreStateError            a store row is missing or a state change breaks its rules
+    └── StoreUnavailableError      the store failed persistently, or longer than QBQ_DB_OUTAGE_S
 
 Every error pickles (Dask and Prefect ship them between processes): `__reduce__` rebuilds it
 from its constructor arguments. Messages that reach the store are cut to `DETAIL_MAX`
@@ -49,6 +52,7 @@ __all__ = [
     "ImageError",
     "InputError",
     "PageFetchError",
+    "PageIdConflictError",
     "PageUrlRefusedError",
     "PlanningError",
     "ProviderConnectionError",
@@ -60,6 +64,7 @@ __all__ = [
     "ProviderUnavailableError",
     "QbqError",
     "RateLimitedError",
+    "RedactedError",
     "RefusalError",
     "RequestValidationError",
     "ResponseError",
@@ -68,6 +73,7 @@ __all__ = [
     "ResponseShapeError",
     "RetryBudgetExhaustedError",
     "StoreStateError",
+    "StoreUnavailableError",
     "TruncatedResponseError",
     "UnknownModelError",
     "clip_detail",
@@ -148,6 +154,26 @@ class PageFetchError(ImageError):
 
 class PageUrlRefusedError(PageFetchError):
     """The URL is not one qbq fetches (scheme, credentials) or leads to a non-public address."""
+
+
+class PageIdConflictError(InputError):
+    """Declared page ids were seen before, in the same assessment, with other content.
+
+    `ids` lists them (sorted). Grading would return the old pages' marks, so the request is
+    refused unless it says `"regrade": true`.
+    """
+
+    def __init__(self, assessment_id: str, ids: list[str]) -> None:
+        self.assessment_id = assessment_id
+        self.ids = ids
+        shown = ", ".join(repr(i) for i in ids[:20]) + (f" and {len(ids) - 20} more"
+                                                        if len(ids) > 20 else "")
+        super().__init__(
+            f"page ids already used in assessment {assessment_id!r} with other content: {shown}."
+            ' Give new page ids, or set "regrade": true to grade the new pages as a new process')
+
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.assessment_id, self.ids), {}
 
 
 class UnknownModelError(InputError):
@@ -330,7 +356,27 @@ class DeliveryError(QbqError):
         return (self.message,), {"status_code": self.status_code}
 
 
+class RedactedError(QbqError):
+    """An exception from outside qbq (a driver, a client library) whose message held a secret
+    (a signed URL query, image bytes, a key): re-raised with the message masked, named by
+    `original_type`, so Prefect's states, events and logs never store the secret."""
+
+    def __init__(self, message: str, original_type: str = "Exception") -> None:
+        super().__init__(message)
+        self.original_type = original_type
+
+    def _init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.message, self.original_type), {}
+
+
 class StoreStateError(QbqError):
     """A store row is missing or a state change breaks the store's state rules."""
+
+    stage = "store"
+
+
+class StoreUnavailableError(QbqError):
+    """The store cannot be used: a persistent error (read-only, disk full) or an outage longer
+    than `QBQ_DB_OUTAGE_S`. The message names the store (no password) and the cause."""
 
     stage = "store"

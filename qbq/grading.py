@@ -35,7 +35,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from qbq.backoff import full_jitter
 from qbq.domain import GradingRequest, Page, Student
@@ -72,6 +72,9 @@ from qbq.store import Store, acquire_batch_lease, new_owner_id, utcnow
 from qbq.store import leases as repo_leases
 from qbq.store import repository as repo
 from qbq.usage import Usage
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 __all__ = ["HANDLERS", "BatchOutcome", "Fail", "GradingDeps", "GroupState", "Isolate", "MoreRoom",
            "Reask", "Retry", "Rules", "Split", "decide", "grade_batch", "page_url",
@@ -359,9 +362,9 @@ class _BatchRun:
         now = time.monotonic()
         if now - self._renewed < self.deps.policy.lease_s / 3:
             return
-        with self.deps.store.transaction() as session:
-            repo_leases.renew_batch_lease(session, self.batch.idempotency_key, owner=self.owner,
-                                          now=utcnow(), lease_s=self.deps.policy.lease_s)
+        self.deps.store.run(lambda session: repo_leases.renew_batch_lease(
+            session, self.batch.idempotency_key, owner=self.owner, now=utcnow(),
+            lease_s=self.deps.policy.lease_s))
         self._renewed = now
 
     def _attempt(self, state: GroupState, out: _Graded) -> None:
@@ -380,10 +383,9 @@ class _BatchRun:
             raise ResponseRuleError(checked.problems, body=reply.content)
 
     def _record(self, exc: QbqError) -> None:
-        with self.deps.store.transaction() as session:
-            repo.record_attempt_error(session, self.batch.idempotency_key, attempt=self.attempts,
-                                      error_type=exc.error_type, stage=exc.stage,
-                                      detail=exc.message)
+        self.deps.store.run(lambda session: repo.record_attempt_error(
+            session, self.batch.idempotency_key, attempt=self.attempts,
+            error_type=exc.error_type, stage=exc.stage, detail=exc.message))
         log_batch_event(log, "batch_attempt_failed", process_id=self.process_id,
                         batch_id=self.batch.index, idempotency_key=self.batch.idempotency_key,
                         model=self.request.model, attempt=self.attempts,
@@ -506,7 +508,8 @@ def _finish(run: _BatchRun, graded: _Graded) -> BatchOutcome:
     }
     error = graded.last_error if graded.failures else None
     raw = run.last_raw if deps.keep_raw_responses or error else None
-    with deps.store.transaction() as session:
+
+    def write(session: Session) -> None:
         if error is not None:
             repo.record_batch_failure(session, key, error_type=error.error_type,
                                       stage=error.stage, detail=clip_detail(error.message),
@@ -515,6 +518,9 @@ def _finish(run: _BatchRun, graded: _Graded) -> BatchOutcome:
         else:
             repo.record_batch_success(session, key, result=result, usage=usage,
                                       attempts=run.attempts, raw_response=raw)
+
+    # The replies are paid for: held and written when a store outage ends (QBQ_DB_OUTAGE_S).
+    deps.store.run(write)
     status: BatchStatus = "failed" if error else "succeeded"
     log_batch_event(log, "batch_finished", logging.WARNING if error else logging.INFO,
                     process_id=run.process_id, batch_id=batch.index, idempotency_key=key,

@@ -177,6 +177,7 @@ def _native(req: NativeRequest, base_dir: Path, settings: QbqSettings, fetch: Fe
         model_answer_pages=model_answers,
         students=students,
         class_scan=split,
+        regrade=req.regrade,
     )
 
 
@@ -214,6 +215,7 @@ def legacy_to_native(req: LegacyRequest, model: str) -> NativeRequest:
         model_answer_pages=model_answers,
         students=students,
         class_scan=None,
+        regrade=req.regrade,
     )
 
 

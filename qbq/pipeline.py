@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from qbq.delivery import DeliveryReport
 from qbq.domain import GradingRequest
+from qbq.errors import PageIdConflictError
 from qbq.http import safe_url
 from qbq.observability.lifecycle import purge_after_reduce
 from qbq.payload import LegacyPayload, NativePayload, RunSummary, content_hash, delivery_key
@@ -21,8 +22,13 @@ from qbq.review import review_items
 from qbq.settings import GradingPolicy, QbqSettings
 from qbq.store import BatchSpec, Store
 from qbq.store import repository as repo
+from qbq.store.page_contents import page_content_conflicts, remember_page_contents
 
-__all__ = ["Finalized", "RunResult", "build_payload", "collect", "delivery_line", "finalize",
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+__all__ = ["Finalized", "RunResult", "build_payload", "check_page_ids", "collect", "delivery_line",
+           "finalize",
            "register"]
 
 
@@ -32,10 +38,29 @@ def payload_format(request: GradingRequest, settings: QbqSettings) -> Literal["n
     return request.source_format
 
 
-def register(store: Store, prepared: Prepared, settings: QbqSettings) -> None:
-    """Record the process and its batches (idempotent: a rerun finds them in place)."""
-    request, plan = prepared.request, prepared.plan
+def check_page_ids(store: Store, request: GradingRequest) -> None:
+    """Raise `PageIdConflictError` when declared page ids were seen before in this assessment
+    with other content, unless the request asks to regrade."""
+    contents = request.declared_contents
+    if request.regrade or not contents:
+        return
     with store.transaction() as session:
+        conflicts = page_content_conflicts(session, request.assessment_id, contents)
+    if conflicts:
+        raise PageIdConflictError(request.assessment_id, conflicts)
+
+
+def register(store: Store, prepared: Prepared, settings: QbqSettings) -> None:
+    """Record the process and its batches (idempotent: a rerun finds them in place).
+
+    Raises `PageIdConflictError` for page ids reused with new content (`check_page_ids`).
+    """
+    request, plan = prepared.request, prepared.plan
+    check_page_ids(store, request)
+
+    def write(session: Session) -> None:  # idempotent, so replayed after a dropped connection
+        remember_page_contents(session, request.assessment_id, request.declared_contents,
+                               plan.process_id)
         repo.ensure_process(
             session,
             process_id=plan.process_id,
@@ -54,6 +79,8 @@ def register(store: Store, prepared: Prepared, settings: QbqSettings) -> None:
         process = repo.get_process(session, plan.process_id)
         if process is not None and process.status != "completed":
             repo.set_process_status(session, plan.process_id, "grading")
+
+    store.run(write)
 
 
 def collect(store: Store, plan: BatchPlan) -> dict[str, StoredBatch]:
@@ -137,27 +164,30 @@ def finalize(store: Store, prepared: Prepared, *, policy: GradingPolicy,
                                      settings=settings)
     process_id, url = prepared.plan.process_id, settings.results_api_url
     digest = content_hash(json.loads(outgoing.model_dump_json()))
-    key: str | None = None
-    queued = False
-    with store.transaction() as session:
+
+    def complete(session: Session) -> tuple[NativePayload, Any, str | None, bool]:
+        # Replayed whole after a dropped connection (`Store.run`): it reads the last revision
+        # again, so a replay never queues the same payload twice.
         last = repo.get_outbox(session, process_id) if url else None
+        key: str | None = None
         if last is not None and last.content_hash == digest:
             revision, key = last.revision, last.idempotency_key
         else:
             revision = last.revision + 1 if last is not None else 1
-        native = native.model_copy(update={"revision": revision})
-        outgoing = (native if isinstance(outgoing, NativePayload)
-                    else outgoing.model_copy(update={"revision": revision}))
-        body = json.loads(outgoing.model_dump_json())
-        if url and key is None:
-            key, queued = delivery_key(process_id, revision, body), True
+        done = native.model_copy(update={"revision": revision})
+        sent = (done if isinstance(outgoing, NativePayload)
+                else outgoing.model_copy(update={"revision": revision}))
+        body = json.loads(sent.model_dump_json())
+        queued = bool(url) and key is None
+        if queued:
+            key = delivery_key(process_id, revision, body)
         repo.complete_process(
             session,
             process_id,
-            status="completed" if native.status == "success" else "failed",
+            status="completed" if done.status == "success" else "failed",
             # the review queue and the question list ride on the summary, for `qbq review`
-            summary={**native.summary.model_dump(mode="json"),
-                     "review": review_items(native, prepared.request),
+            summary={**done.summary.model_dump(mode="json"),
+                     "review": review_items(done, prepared.request),
                      "max_marks": prepared.request.max_marks},
             payload=body if queued else None,
             target_url=url if queued else None,
@@ -165,6 +195,9 @@ def finalize(store: Store, prepared: Prepared, *, policy: GradingPolicy,
             revision=revision,
             content_hash=digest,
         )
+        return done, sent, key, queued
+
+    native, outgoing, key, queued = store.run(complete)
     purge_after_reduce(store, [b.idempotency_key for b in prepared.plan.batches],
                        keep=settings.keep_raw_responses)
     return Finalized(native, outgoing, delivery_key=key, queued=queued, target_url=url)

@@ -269,13 +269,16 @@ def prompt_questions(request: GradingRequest) -> list[PromptQuestion]:
 
 def batch_key(request: GradingRequest, students: Sequence[Student]) -> str:
     """Idempotency key: assessment, model, prompt version and fingerprint, ordered page ids."""
-    body = [
+    body: list[object] = [
         PROMPT_VERSION,
         request.assessment_id,
         request.model,
         request.prompt_fingerprint,
         [[s.ref, s.image_ids] for s in students],
     ]
+    content = request.content_key(students)
+    if content is not None:  # a regrade: new content under old ids gets new batches
+        body.append(content)
     canon = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canon.encode()).hexdigest()
 

@@ -9,18 +9,41 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    ValidationError,
+    model_validator,
+)
 
 from qbq.errors import RequestValidationError
+from qbq.field_limits import (
+    MAX_EXTERNAL_ID,
+    MAX_MARK,
+    MAX_PAGE_SIDE,
+    MAX_PAGES_PER_STUDENT,
+    MAX_QUESTIONS,
+    MAX_STUDENTS,
+    MAX_URL_LENGTH,
+    AssessmentId,
+    Instructions,
+    ModelName,
+    PageId,
+    PathText,
+    QuestionNumber,
+    Ref,
+    Rubric,
+    UrlText,
+    json_depth_problem,
+    nesting_problem,
+    unprintable,
+)
 from qbq.images import data_uri_problem
-from qbq.schema_limits import MAX_REF_LENGTH
-
-#: Prefect refuses flow-run parameters larger than this when serialized as JSON (its server
-#: setting `server.api.max_parameter_size`), and stores the ones it takes in clear.
-PREFECT_MAX_PARAMETER_BYTES = 524_288
 
 __all__ = [
-    "PREFECT_MAX_PARAMETER_BYTES",
     "ClassScanIn",
     "LegacyImage",
     "LegacyQuestion",
@@ -29,16 +52,30 @@ __all__ = [
     "PageIn",
     "QuestionIn",
     "StudentIn",
-    "inline_request_problem",
     "parse_request",
     "parse_request_json",
     "request_problems",
 ]
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=True)
-NonEmpty = Annotated[str, Field(min_length=1)]
-#: A student ref: bounded (see qbq.schema_limits.MAX_REF_LENGTH).
-Ref = Annotated[str, Field(min_length=1, max_length=MAX_REF_LENGTH)]
+# Every field is bounded (qbq.field_limits, README "Request limits").
+PageSide = Annotated[int, Field(gt=0, le=MAX_PAGE_SIDE)]
+Mark = Annotated[FiniteFloat, Field(le=MAX_MARK)]  # JSON's Infinity would let any mark pass
+ExternalId = Annotated[int, Field(ge=0, le=MAX_EXTERNAL_ID)]
+
+
+def _url_unless_data_uri(value: str) -> str:
+    if value.startswith("data:"):
+        return value
+    if len(value) > MAX_URL_LENGTH:
+        raise ValueError(f"a URL of at most {MAX_URL_LENGTH:,} characters, got {len(value):,}")
+    found = unprintable(value)
+    if found is not None:
+        raise ValueError(f"must not contain control or format characters (found {found})")
+    return value
+
+
+DataUriOrUrl = Annotated[str, AfterValidator(_url_unless_data_uri)]
 
 
 class PageIn(BaseModel):
@@ -46,12 +83,12 @@ class PageIn(BaseModel):
 
     model_config = _STRICT
 
-    path: str | None = None
-    url: str | None = None
-    data_uri: str | None = None
-    id: NonEmpty | None = None
-    width: Annotated[int, Field(gt=0)] | None = None
-    height: Annotated[int, Field(gt=0)] | None = None
+    path: PathText | None = None
+    url: UrlText | None = None
+    data_uri: str | None = None  # bounded by QBQ_MAX_PAGE_BYTES (data_uri_problem)
+    id: PageId | None = None
+    width: PageSide | None = None
+    height: PageSide | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> PageIn:
@@ -84,11 +121,11 @@ class ClassScanIn(BaseModel):
 
     model_config = _STRICT
 
-    path: str | None = None
-    url: str | None = None
+    path: PathText | None = None
+    url: UrlText | None = None
     data_uri: str | None = None
-    pages_per_student: Annotated[int, Field(gt=0, le=1000)]
-    refs: list[NonEmpty] | None = None
+    pages_per_student: Annotated[int, Field(gt=0, le=MAX_PAGES_PER_STUDENT)]
+    refs: Annotated[list[Ref], Field(max_length=MAX_STUDENTS)] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ClassScanIn:
@@ -105,16 +142,16 @@ class ClassScanIn(BaseModel):
 class QuestionIn(BaseModel):
     model_config = _STRICT
 
-    question_number: NonEmpty
-    max_mark: FiniteFloat  # JSON's Infinity would let any mark pass
-    rubric: str | None = None
+    question_number: QuestionNumber
+    max_mark: Mark
+    rubric: Rubric | None = None
 
 
 class StudentIn(BaseModel):
     model_config = _STRICT
 
     ref: Ref
-    pages: list[PageIn]
+    pages: Annotated[list[PageIn], Field(max_length=MAX_PAGES_PER_STUDENT)]
 
 
 class NativeRequest(BaseModel):
@@ -122,28 +159,32 @@ class NativeRequest(BaseModel):
 
     model_config = _STRICT
 
-    assessment_id: NonEmpty
-    model: NonEmpty
-    instructions: str | None = None
-    questions: list[QuestionIn]
-    model_answer_pages: list[PageIn] = Field(default_factory=list)
-    students: list[StudentIn] = Field(default_factory=list)
+    assessment_id: AssessmentId
+    model: ModelName
+    instructions: Instructions | None = None
+    questions: Annotated[list[QuestionIn], Field(max_length=MAX_QUESTIONS)]
+    model_answer_pages: Annotated[list[PageIn], Field(max_length=MAX_PAGES_PER_STUDENT)] = Field(
+        default_factory=list)
+    students: Annotated[list[StudentIn], Field(max_length=MAX_STUDENTS)] = Field(
+        default_factory=list)
     class_scan: ClassScanIn | None = None
+    #: Grade again though page ids were seen before with other content (a new process).
+    regrade: bool = False
 
 
 class LegacyImage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    id: int
-    page_number: int
-    aws_path: NonEmpty
+    id: ExternalId
+    page_number: Annotated[int, Field(ge=0, le=MAX_PAGES_PER_STUDENT)]
+    aws_path: Annotated[UrlText, Field(min_length=1)]
 
 
 class LegacyQuestion(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    question_number: NonEmpty
-    max_mark: FiniteFloat
+    question_number: QuestionNumber
+    max_mark: Mark
 
 
 class LegacyRequest(BaseModel):
@@ -151,14 +192,17 @@ class LegacyRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    external_assessment_id: int
-    external_assessment_settings_id: int
-    external_assessment_file_id: int
-    pages_per_student: Annotated[int, Field(gt=0)]
-    prompt: str | None = None
-    images: list[LegacyImage]
-    model_assessment: list[str] | None = None
-    question_list: list[LegacyQuestion]
+    external_assessment_id: ExternalId
+    external_assessment_settings_id: ExternalId
+    external_assessment_file_id: ExternalId
+    pages_per_student: Annotated[int, Field(gt=0, le=MAX_PAGES_PER_STUDENT)]
+    prompt: Instructions | None = None
+    images: Annotated[list[LegacyImage], Field(max_length=MAX_STUDENTS)]
+    #: Model-answer pages: data URIs (bounded by QBQ_MAX_PAGE_BYTES) or URLs (like aws_path).
+    model_assessment: Annotated[list[DataUriOrUrl], Field(max_length=MAX_PAGES_PER_STUDENT)] | None = (
+        None)
+    question_list: Annotated[list[LegacyQuestion], Field(max_length=MAX_QUESTIONS)]
+    regrade: bool = False
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -274,6 +318,9 @@ def parse_request(data: Any) -> NativeRequest | LegacyRequest:
         data = data[0]
     if not isinstance(data, dict):
         raise RequestValidationError([f"request: must be a JSON object, got {type(data).__name__}"])
+    too_deep = nesting_problem(data)
+    if too_deep is not None:
+        raise RequestValidationError([too_deep])
     model: type[NativeRequest] | type[LegacyRequest] = (
         LegacyRequest if _is_legacy(data) else NativeRequest
     )
@@ -288,25 +335,20 @@ def parse_request(data: Any) -> NativeRequest | LegacyRequest:
 
 
 def parse_request_json(text: str | bytes) -> NativeRequest | LegacyRequest:
+    """Decode and validate a request's JSON text; raise RequestValidationError listing all.
+
+    Nesting is bounded before the text is decoded (`qbq.field_limits.MAX_JSON_DEPTH`).
+    """
+    too_deep = json_depth_problem(text)
+    if too_deep is not None:
+        raise RequestValidationError([too_deep])
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestValidationError([f"request: malformed JSON ({exc})"]) from exc
+    except ValueError as exc:  # an integer of more than 4,300 digits (sys.int_info)
+        raise RequestValidationError([f"request: unreadable JSON number ({exc})"]) from exc
     return parse_request(data)
-
-
-def inline_request_problem(body: Any) -> str | None:
-    """Why an inline request (a flow parameter) is too large for Prefect, or None.
-
-    Prefect refuses flow-run parameters over `PREFECT_MAX_PARAMETER_BYTES` and stores the rest
-    in its database in clear; large requests (pages as data URIs) belong in a file.
-    """
-    size = len(json.dumps(body, separators=(",", ":")).encode())
-    if size <= PREFECT_MAX_PARAMETER_BYTES:
-        return None
-    return (f"the inline request is {size:,} bytes, over the {PREFECT_MAX_PARAMETER_BYTES:,} "
-            "bytes Prefect accepts as a flow parameter: write it to a file the worker can read "
-            "and pass request_path, or give its pages as URLs instead of data URIs")
 
 
 RequestFormat = Literal["native", "legacy"]

@@ -74,7 +74,7 @@ def _in_flight_slots(n: int) -> threading.BoundedSemaphore:
 def open_store(settings: QbqSettings) -> Store:
     """A new `Store` for `QBQ_DATABASE_URL`, migrated to the newest schema (once per process and
     URL). The caller disposes it."""
-    store = Store(settings.database_url)
+    store = Store.from_settings(settings)
     with _lock:
         fresh = settings.database_url not in _migrated
     if fresh:

@@ -154,6 +154,11 @@ class QbqSettings(BaseSettings):
         description="SQLAlchemy URL of the store (SQLite file by default; "
         "postgresql+psycopg://... for PostgreSQL).",
     )
+    db_outage_s: float = Field(
+        120.0, ge=0, description="How long a store call waits out a database outage (connection "
+        "refused or lost, server restarting, SQLite busy), in seconds, retrying with backoff; "
+        "then, or at once for a persistent error (read-only, disk full), StoreUnavailableError."
+    )
     results_api_url: str | None = Field(
         None, description="Full URL the results payload is POSTed to. None: no delivery."
     )

@@ -1,7 +1,8 @@
 """Prefect tasks for one grading run: prepare, register, grade_batch (mapped), finalize, deliver.
 
 Each is a few lines over a qbq function; the run's store and clients come from
-`qbq.resources.resources_for(run)`, opened once by the flow.
+`qbq.resources.resources_for(run)`, opened once by the flow. `redacting` masks secrets in the
+message of any outside exception before Prefect stores it in a state or event.
 """
 
 from __future__ import annotations
@@ -19,23 +20,38 @@ from qbq.batch_mode import grade_in_batch_mode
 from qbq.delivery import DeliveryReport, drain_outbox
 from qbq.errors import GradingFailedError
 from qbq.grading import BatchOutcome, grade_batch
+from qbq.observability.logs import redacting
 from qbq.planning import PlannedBatch
 from qbq.preparation import Prepared, prepare
-from qbq.resources import RunRef, make_batch_api, resources_for
+from qbq.resources import RunRef, make_batch_api, open_store, resources_for
 from qbq.settings import GradingPolicy, QbqSettings
+from qbq.submission import load_submitted
 
 __all__ = ["batch_mode_task", "deliver_task", "finalize_task", "grade_batch_task", "prepare_task",
-           "register_task"]
+           "register_task", "submitted_task"]
 
 
 @task(name="prepare", cache_policy=NO_CACHE, persist_result=False)
+@redacting
 def prepare_task(source: dict[str, Any] | str, settings: QbqSettings,
-                 policy: GradingPolicy) -> Prepared:
+                 policy: GradingPolicy, base_dir: Path | None = None) -> Prepared:
     return prepare(source if isinstance(source, dict) else Path(source), settings=settings,
-                   policy=policy)
+                   policy=policy, base_dir=base_dir)
+
+
+@task(name="load-submitted-request", cache_policy=NO_CACHE, persist_result=False)
+@redacting
+def submitted_task(request_id: str, settings: QbqSettings) -> tuple[dict[str, Any], Path]:
+    """The request `qbq submit` stored under `request_id`, and its base folder."""
+    store = open_store(settings)
+    try:
+        return load_submitted(store, request_id)
+    finally:
+        store.dispose()
 
 
 @task(name="register", cache_policy=NO_CACHE, persist_result=False)
+@redacting
 def register_task(prepared: Prepared, run: RunRef) -> None:
     pipeline.register(resources_for(run).store, prepared, run.settings)
 
@@ -61,6 +77,7 @@ def _batch_run_name() -> str:
 
 @task(name="grade_batch", cache_key_fn=_batch_cache_key, persist_result=True, retries=0,
       task_run_name=_batch_run_name)
+@redacting
 def grade_batch_task(batch: PlannedBatch, prepared: Prepared, run: RunRef) -> BatchOutcome:
     """Grade one batch; retries happen inside (honouring retry-after), never in Prefect.
 
@@ -87,12 +104,14 @@ def batch_mode_task(prepared: Prepared, run: RunRef) -> list[BatchOutcome]:
 
 
 @task(name="finalize", cache_policy=NO_CACHE, persist_result=False)
+@redacting
 def finalize_task(prepared: Prepared, run: RunRef) -> pipeline.Finalized:
     return pipeline.finalize(resources_for(run).store, prepared, policy=run.policy,
                              settings=run.settings)
 
 
 @task(name="deliver", cache_policy=NO_CACHE, persist_result=False)
+@redacting
 def deliver_task(process_id: str, run: RunRef) -> DeliveryReport:
     """Send this run's payload now (even if an earlier attempt is backing off)."""
     resources = resources_for(run)

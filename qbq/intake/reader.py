@@ -146,7 +146,8 @@ class PageReader:
             Page(ids(sha, n, len(images)), src.source, str(img.path), img.width, img.height,
                  data_uri_length(img.n_bytes, img.mime), digest=img.digest,
                  original_bytes=len(src.data), original_width=img.source_width,
-                 original_height=img.source_height)
+                 original_height=img.source_height,
+                 content_sha=sha if len(images) == 1 else f"{sha}#p{n}")
             for n, img in enumerate(images, start=1)
         ]
 
@@ -171,7 +172,7 @@ class PageReader:
                         what=src.what) as img:
             w, h = img.size
         return Page(page_id, "url", url, w, h, len(url), original_bytes=len(src.data),
-                    original_width=w, original_height=h)
+                    original_width=w, original_height=h, content_sha=content_hash(src.data))
 
 
 def page_id(declared: str | None) -> Callable[[str, int, int], str]:

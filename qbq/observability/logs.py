@@ -7,6 +7,7 @@ name, answer or feedback cannot get into one by accident; `configure_logging` ap
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -16,7 +17,9 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, ParamSpec, TypeVar
+
+from qbq.errors import QbqError, RedactedError
 
 __all__ = [
     "ALLOWED_FIELDS",
@@ -31,6 +34,7 @@ __all__ = [
     "configure_logging",
     "log_batch_event",
     "redact",
+    "redacting",
     "remove_event_observer",
 ]
 
@@ -71,6 +75,33 @@ def redact(text: str) -> str:
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
     return text
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def redacting(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """`fn`, whose outside exceptions leave it redacted like log lines: one whose message
+    `redact` would change is re-raised as `RedactedError` (type named, message masked, the
+    original chain dropped); qbq's own errors and clean messages pass unchanged. Put it under
+    Prefect's `@task`, so task-run states and events get the masked message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except QbqError:
+            raise
+        except Exception as exc:  # the task boundary: record safely and re-raise
+            text = str(exc)
+            masked = redact(text)
+            if masked == text:
+                raise
+            name = type(exc).__name__
+            raise RedactedError(f"{name}: {masked}", name) from None
+
+    return wrapper
 
 
 class RedactionFilter(logging.Filter):

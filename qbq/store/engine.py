@@ -7,21 +7,26 @@ one place a transaction is committed.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from qbq.errors import StoreUnavailableError
 from qbq.settings import QbqSettings
 from qbq.store.models import StoreMetaRow
+from qbq.store.outage import classify, persistent_cause
 
 __all__ = ["MIGRATION_LOCK_ID", "Store", "alembic_config", "describe_store", "migration_connection",
            "sqlite_file"]
@@ -31,6 +36,9 @@ MIGRATION_LOCK_ID = 0x71627100_0001
 
 _HERE = Path(__file__).resolve().parent
 _SQLITE_BUSY_TIMEOUT_S = 30.0
+#: Longest wait between two tries to reach a store that is down (seconds).
+_OUTAGE_BACKOFF_MAX_S = 2.0
+_T = TypeVar("_T")
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -75,8 +83,12 @@ def _sqlite_pragma(conn: Connection, pragma: str) -> None:
 class Store:
     """The database behind qbq: an engine, a session factory, migrations and transactions."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, outage_s: float = 120.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.url = url
+        #: How long `transaction()` waits for the database to come back (QBQ_DB_OUTAGE_S).
+        self.outage_s = outage_s
+        self._sleep = sleep
         self.engine = _create_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._instance_id: str | None = None
@@ -84,8 +96,8 @@ class Store:
 
     @classmethod
     def from_settings(cls, settings: QbqSettings) -> Store:
-        """The store named by `settings.database_url`."""
-        return cls(settings.database_url)
+        """The store named by `settings.database_url`, riding out `settings.db_outage_s`."""
+        return cls(settings.database_url, outage_s=settings.db_outage_s)
 
     @property
     def label(self) -> str:
@@ -115,20 +127,87 @@ class Store:
     def transaction(self) -> Iterator[Session]:
         """A session in one transaction: committed when the block ends, rolled back on error.
 
-        Rows read inside stay readable after the block (no expiry on commit).
+        Rows read inside stay readable after the block (no expiry on commit). The database is
+        reached before the block starts, waiting out an outage (`wait_until_reachable`); a
+        persistent store error raised inside becomes `StoreUnavailableError`.
         """
+        self.wait_until_reachable()
         # SQLite takes its write lock at BEGIN; threads of this process queue on a Python lock
         # instead of in SQLite's busy handler, which sleeps in growing steps (up to 100 ms).
         guard = self._sqlite_writes if self.dialect == "sqlite" else contextlib.nullcontext()
-        with guard, self._sessions() as session, session.begin():
-            yield session
+        try:
+            with guard, self._sessions() as session, session.begin():
+                yield session
+        except DBAPIError as exc:
+            if classify(exc) == "persistent":
+                raise StoreUnavailableError(f"the store {self.name} failed: "
+                                            f"{persistent_cause(exc)}") from None
+            raise
+
+    @property
+    def name(self) -> str:
+        """The store's URL without its password, for messages."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def wait_until_reachable(self) -> None:
+        """Return once a pooled connection answers; retry transient failures (connection
+        refused or lost, server restarting) with backoff for up to `outage_s` seconds.
+
+        Raises `StoreUnavailableError` naming the store and the cause when the outage lasts
+        longer, or at once for a persistent error.
+        """
+        if self.dialect == "sqlite":
+            return  # a file: busy_timeout already waits for other writers
+
+        def ping() -> None:
+            with self.engine.connect():  # pool_pre_ping checks the connection
+                pass
+
+        self._riding_out(ping)
+
+    def run(self, work: Callable[[Session], _T]) -> _T:
+        """`work(session)` in one transaction, the whole transaction replayed when a transient
+        error (connection lost mid-way, server restarting, serialization failure, deadlock)
+        ends it, for up to `outage_s` seconds — so a write that must not be lost (a paid model
+        reply) is held until the store is back. `work` must be safe to replay.
+
+        Raises `StoreUnavailableError` as `transaction()` does.
+        """
+
+        def once() -> _T:
+            with self.transaction() as session:
+                return work(session)
+
+        return self._riding_out(once)
+
+    def _riding_out(self, work: Callable[[], _T]) -> _T:
+        started = time.monotonic()
+        for attempt in itertools.count():
+            try:
+                return work()
+            except DBAPIError as exc:
+                kind = classify(exc)
+                waited = time.monotonic() - started
+                if kind == "persistent":
+                    raise StoreUnavailableError(f"the store {self.name} failed: "
+                                                f"{persistent_cause(exc)}") from None
+                if kind is None:
+                    raise
+                if waited >= self.outage_s:
+                    raise StoreUnavailableError(
+                        f"the store {self.name} was unreachable for {waited:.0f} s "
+                        f"(QBQ_DB_OUTAGE_S={self.outage_s:g}): {type(exc.orig).__name__}"
+                    ) from None
+                self._sleep(min(_OUTAGE_BACKOFF_MAX_S, 0.05 * 2**attempt,
+                                max(0.0, self.outage_s - waited)))
+        raise AssertionError("unreachable")  # pragma: no cover - itertools.count is endless
 
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
 
     def __repr__(self) -> str:
-        return f"Store({make_url(self.url).render_as_string(hide_password=True)!r})"
+        return f"Store({self.name!r})"
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -149,9 +228,11 @@ def describe_store(url: str) -> str:
 
 
 def _create_engine(url: str) -> Engine:
+    # hide_parameters: a failed statement's error would otherwise quote its parameters (batch
+    # results with names and feedback) into logs, Prefect states and events (issue 15).
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
     database = parsed.database or ""
     in_memory = database in ("", ":memory:") or "mode=memory" in database
@@ -162,7 +243,7 @@ def _create_engine(url: str) -> Engine:
         kwargs["poolclass"] = StaticPool
     elif not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, **kwargs)
+    engine = create_engine(url, hide_parameters=True, **kwargs)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -233,3 +233,35 @@ class BatchJobRow(Base):
     provider_status: Mapped[str | None] = mapped_column(String(40), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PageContentRow(Base):
+    """The content first seen under a declared page id of an assessment (issue 15).
+
+    A later request that declares the same id with other content is refused unless it asks to
+    regrade, so new scans never pick up the marks of old ones.
+    """
+
+    __tablename__ = "page_contents"
+
+    assessment_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    page_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    #: sha256 hex of the page's original file (with `#p<n>` for page n of a multi-page file).
+    content_sha: Mapped[str] = mapped_column(String(100))
+    process_id: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SubmittedRequestRow(Base):
+    """A request stored by `qbq submit`, so a flow run takes its id instead of the request:
+    Prefect keeps flow-run parameters in clear, and a request holds image bytes, signed URLs
+    and instructions (issue 15)."""
+
+    __tablename__ = "submitted_requests"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: The request JSON as submitted.
+    body: Mapped[str] = mapped_column(Text)
+    #: Folder its relative page paths resolve against.
+    base_dir: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from flows.grade_assessment import grade_assessment
-from qbq.request import NativeRequest
+from qbq.resources import open_store
 from qbq.sample import truth_of, write_legacy_sample, write_sample
+from qbq.settings import get_settings
 from qbq.simulator import BackgroundServer
+from qbq.submission import submit_request
 from tests.integration.conftest import received
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -68,17 +70,15 @@ def test_second_run_makes_no_model_call_and_delivers_nothing_new(
     assert len(got["payloads"]) == 1 and got["duplicates"] == 0
 
 
-def test_inline_request_parameter(
+def test_submitted_request_by_id(
     tmp_path: Path, grading_env: str, receiver: BackgroundServer, sim_stats: Any
 ) -> None:
     path = write_sample(tmp_path / "sample", students=2, pages=1, questions=2, seed=5)
-    body = json.loads(path.read_text())
-    for student in body["students"]:
-        for page in student["pages"]:
-            page["path"] = str(path.parent / page["path"])
-    body["model_answer_pages"] = []
+    store = open_store(get_settings())
+    request_id = submit_request(store, path.read_text(), path.parent)  # relative paths kept
+    store.dispose()
 
-    result = grade_assessment(request=NativeRequest.model_validate(body))
+    result = grade_assessment(request_id=request_id)
 
     assert result.status == "success" and result.summary.graded == 2
     assert _marks(received(receiver)["payloads"][0]["payload"]) == truth_of(path)

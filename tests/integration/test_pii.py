@@ -126,7 +126,8 @@ def publish_flow(process_id: str) -> None:
         store.dispose()
 
 
-def _api_texts(flow_run_id: Any, process_id: str) -> tuple[list[str], list[Any]]:
+def _api_texts(flow_run_id: Any, process_id: str,
+               published: bool = True) -> tuple[list[str], list[Any]]:
     """Logs, artifacts, task and flow run states of the run, read back through the Prefect API."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -159,7 +160,8 @@ def _api_texts(flow_run_id: Any, process_id: str) -> tuple[list[str], list[Any]]
         flow_run = client.read_flow_run(flow_run_id)
         texts.append(f"{flow_run.name} {flow_run.parameters} "
                      f"{flow_run.state.message if flow_run.state else ''}")
-    assert {a.type for a in artifacts} >= {"progress", "table", "markdown"}
+    if published:
+        assert {a.type for a in artifacts} >= {"progress", "table", "markdown"}
     return texts, logs
 
 
@@ -229,3 +231,81 @@ def test_no_names_feedback_urls_keys_or_image_bytes_leak(
         needles.append(base64.b64encode(page.read_bytes()[16:64]).decode())
     leaked = sorted({n for n in needles if n.lower() in haystack})
     assert leaked == [], f"leaked into logs/artifacts/states: {leaked}"
+
+
+#: Makes every write of a batch's result fail inside the database, as a real constraint or
+#: outage would: the failing statement carries the result (names, feedback) as parameters.
+_FAIL_RESULT_WRITES = {
+    "sqlite": ["CREATE TRIGGER qbq_injected BEFORE UPDATE ON batches WHEN NEW.result IS NOT NULL "
+               "BEGIN SELECT RAISE(ABORT, 'injected store failure'); END"],
+    "postgresql": [
+        "CREATE FUNCTION qbq_injected() RETURNS trigger AS $$ BEGIN IF NEW.result IS NOT NULL "
+        "THEN RAISE EXCEPTION 'injected store failure'; END IF; RETURN NEW; END $$ "
+        "LANGUAGE plpgsql",
+        "CREATE TRIGGER qbq_injected BEFORE UPDATE ON batches FOR EACH ROW "
+        "EXECUTE FUNCTION qbq_injected()"],
+}
+
+
+def test_a_failed_store_write_leaks_no_result_into_logs_or_states(
+    tmp_path: Path, grading_env: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], json_logs: None,
+) -> None:
+    """Issue 15 item 5: the database refuses every result write; the error reaches the task
+    states and logs, but never the statement's parameters (engines hide them)."""
+    caplog.set_level(logging.INFO)
+    _planted_feedback(monkeypatch)
+    request = write_sample(tmp_path / "sample", students=2, pages=1, questions=2, seed=5)
+    names = [n for page in sorted((tmp_path / "sample" / "pages").glob("*.png"))
+             if (truth := read_truth(page.read_bytes())) and truth.get("name")
+             for n in truth["name"].values()]
+    store = open_store(get_settings())
+    with store.engine.begin() as conn:
+        for statement in _FAIL_RESULT_WRITES[store.dialect]:
+            conn.exec_driver_sql(statement)
+    store.dispose()
+
+    state = grade_assessment(request_path=str(request), return_state=True)
+    texts, _logs = _api_texts(state.state_details.flow_run_id, "", published=False)
+    for record in caplog.records:
+        texts += [record.getMessage(), str(record.exc_text), repr(record.__dict__)]
+    captured = capfd.readouterr()
+    texts += [captured.out, captured.err]
+    haystack = "\n".join(texts)
+    assert "injected store failure" in haystack  # the failure itself is reported
+    leaked = sorted({n for n in [*names, FEEDBACK_MARK] if n.lower() in haystack.lower()})
+    assert names and leaked == [], f"leaked into logs/states: {leaked}"
+    assert "parameters hidden" in haystack.lower()
+
+
+def test_a_submitted_request_leaves_nothing_in_flow_run_parameters(
+    tmp_path: Path, grading_env: str, receiver: BackgroundServer,
+) -> None:
+    """Issue 15 item 6, the platform route: `qbq submit` stores the request in qbq's store and
+    the run takes its id, so Prefect's flow-run parameters hold no image bytes, signed query or
+    instructions (they used to hold the whole inline request)."""
+    from qbq.submission import submit_request
+
+    request = write_sample(tmp_path / "sample", students=2, pages=1, questions=2, seed=7)
+    body = json.loads(request.read_text())
+    body["instructions"] = f"{FEEDBACK_MARK} instructions, signed {SIGNATURE}"
+    page = request.parent / body["students"][0]["pages"][0]["path"]
+    data_uri = "data:image/png;base64," + base64.b64encode(page.read_bytes()).decode()
+    body["students"][0]["pages"][0] = {"data_uri": data_uri, "id": "s1-p1"}
+    store = open_store(get_settings())
+    request_id = submit_request(store, json.dumps(body), request.parent)
+    store.dispose()
+
+    state = grade_assessment(request_id=request_id, return_state=True)
+    result: RunResult = state.result()
+    assert result.status == "success" and result.summary.graded == 2
+    texts, _logs = _api_texts(state.state_details.flow_run_id, result.process_id,
+                              published=False)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        parameters = client.read_flow_run(state.state_details.flow_run_id).parameters
+    assert parameters["request_id"] == request_id and parameters.get("request_path") is None
+    haystack = "\n".join([*texts, json.dumps(parameters)]).lower()
+    needles = [FEEDBACK_MARK, SIGNATURE, data_uri[22:80], "base64,"]
+    assert sorted(n for n in needles if n.lower() in haystack) == []

@@ -14,6 +14,7 @@ from qbq import errors
 from qbq.errors import (
     DETAIL_MAX,
     DeliveryError,
+    PageIdConflictError,
     ProviderError,
     QbqError,
     RateLimitedError,
@@ -51,6 +52,8 @@ def _example(cls: type[QbqError]) -> QbqError:
         return cls("the reply is not JSON", body="Sure! Here")
     if issubclass(cls, DeliveryError):
         return cls("results API answered 500", status_code=500)
+    if issubclass(cls, PageIdConflictError):
+        return cls("exam-1", ["img-1", "img-2"])
     return cls(f"{cls.__name__} happened")
 
 

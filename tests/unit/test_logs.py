@@ -221,3 +221,30 @@ def test_optional_prometheus_counts_batch_events() -> None:
     assert "qbq_retries_total 2.0" in text
     assert 'qbq_errors_total{error_type="RateLimitedError"} 1.0' in text
     assert "qbq_batch_latency_seconds_count 1.0" in text
+
+
+# --- exceptions leaving a task (issue 15, item 5) ------------------------------------------------
+
+
+def test_redacting_masks_an_outside_exceptions_secret_and_keeps_clean_ones() -> None:
+    from qbq.errors import ImageError, RedactedError
+    from qbq.observability.logs import redacting
+
+    @redacting
+    def leaky(kind: str) -> None:
+        if kind == "signed":
+            raise ValueError("GET https://b.example/p.png?X-Amz-Signature=SECRETSIG failed")
+        if kind == "clean":
+            raise KeyError("batch 3")
+        raise ImageError("page p1: unreadable")
+
+    with pytest.raises(RedactedError) as info:
+        leaky("signed")
+    assert "SECRETSIG" not in str(info.value) and info.value.__cause__ is None
+    assert info.value.__suppress_context__
+    assert str(info.value) == "ValueError: GET https://b.example/p.png?[redacted] failed"
+    assert info.value.original_type == "ValueError"
+    with pytest.raises(KeyError):
+        leaky("clean")
+    with pytest.raises(ImageError):
+        leaky("qbq")

@@ -418,14 +418,3 @@ def test_data_uri_shape_problems_say_exactly_what_is_wrong(uri: str, problem: st
 def test_data_uri_forms_that_are_accepted(uri: str) -> None:
     assert isinstance(parse_request(student_pages({"data_uri": uri})), NativeRequest)
 
-
-def test_inline_request_size_is_checked_against_prefects_limit() -> None:
-    from qbq.request import PREFECT_MAX_PARAMETER_BYTES, inline_request_problem
-
-    small = native()
-    assert inline_request_problem(small) is None
-    big = native(instructions="x" * PREFECT_MAX_PARAMETER_BYTES)
-    problem = inline_request_problem(big)
-    assert problem is not None
-    assert "over the 524,288 bytes Prefect accepts" in problem
-    assert "request_path" in problem and "URLs instead of data URIs" in problem
