@@ -21,7 +21,7 @@ from rich.table import Table
 
 from qbq.cli_models import register as register_models
 from qbq.cli_reports import register as register_reports
-from qbq.errors import InputError, PlanningError, QbqError
+from qbq.errors import InputError, PlanningError, QbqError, QuotaExhaustedError
 from qbq.payload import NativePayload
 from qbq.settings import GradingPolicy, get_settings
 
@@ -144,6 +144,10 @@ def grade(
     console.print(f"{s.graded}/{s.students} graded, {s.model_calls} model calls, "
                   f"{s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion tokens, "
                   f"est. ${s.estimated_cost_usd:.4f}")
+    stopped = next((f.reason for f in payload.failures
+                    if f.error_type == QuotaExhaustedError.__name__), None)
+    if stopped is not None:  # what to do, in full (the table cuts reasons short)
+        err.print(f"[bold red]stopped:[/] {escape(stopped)}", highlight=False)
     raise typer.Exit(EXIT_OK if payload.status == "success" else EXIT_FAILED)
 
 

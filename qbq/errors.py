@@ -11,8 +11,10 @@
     ├── PlanningError              a student cannot fit in any batch (exit code 2)
     ├── ProviderError              the model provider failed to answer (transient unless noted)
     │   ├── RateLimitedError           HTTP 429; carries retry_after seconds when given
+    │   ├── QuotaExhaustedError        HTTP 429 insufficient_quota: no credit; stops the run
     │   ├── ProviderUnavailableError   HTTP 5xx
-    │   ├── ProviderTimeoutError       no answer within the client timeout
+    │   ├── ProviderTimeoutError       no answer within the client timeout (or HTTP 408)
+    │   │   └── ReplyTimeoutError          no answer within the timeout sized to the output
     │   ├── ProviderConnectionError    the connection failed or dropped
     │   ├── ProviderDownError          the circuit breaker gave up on the provider (not retried)
     │   └── ProviderRequestError       HTTP 4xx other than 429: our request is wrong (not retried)
@@ -54,8 +56,10 @@ __all__ = [
     "ProviderTimeoutError",
     "ProviderUnavailableError",
     "QbqError",
+    "QuotaExhaustedError",
     "RateLimitedError",
     "RefusalError",
+    "ReplyTimeoutError",
     "RequestValidationError",
     "ResponseError",
     "ResponseRuleError",
@@ -186,12 +190,28 @@ class RateLimitedError(ProviderError):
         return (self.message,), {"retry_after": self.retry_after, "status_code": self.status_code}
 
 
+class QuotaExhaustedError(ProviderError):
+    """OpenAI's 429 `insufficient_quota`: the account has no credit left, and no wait fixes it.
+
+    Not retried; the first one stops every later request of the run (`qbq.guards`), so the
+    batches not yet graded fail at once without a model call and a rerun resumes them
+    (https://platform.openai.com/docs/guides/error-codes).
+    """
+
+    transient = False
+
+
 class ProviderUnavailableError(ProviderError):
     """HTTP 5xx from the provider."""
 
 
 class ProviderTimeoutError(ProviderError):
     """The provider did not answer within the client timeout."""
+
+
+class ReplyTimeoutError(ProviderTimeoutError):
+    """No answer within the request's own timeout, sized to its expected output (client side):
+    grading splits the batch as after a truncation, since a smaller request answers sooner."""
 
 
 class ProviderConnectionError(ProviderError):

@@ -8,6 +8,8 @@ glance (first matching row wins; `HANDLERS` is this table):
 
     error                          decision
     RetryBudgetExhaustedError      Fail   the students still pending
+    ReplyTimeoutError              Split  the students in two, as a truncation (the smaller
+                                          size is remembered); one student: as ProviderError
     ProviderError                  Retry  after full-jitter backoff if transient (a 429 waits
                                           in the shared limiter instead), up to max_attempts;
                                           else Fail
@@ -24,6 +26,7 @@ glance (first matching row wins; `HANDLERS` is this table):
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +40,7 @@ from qbq.errors import (
     QbqError,
     RateLimitedError,
     RefusalError,
+    ReplyTimeoutError,
     ResponseError,
     ResponseRuleError,
     RetryBudgetExhaustedError,
@@ -179,6 +183,12 @@ def on_provider_error(exc: ProviderError, state: GroupState, rules: Rules) -> De
                              max_s=rules.policy.backoff_max_s, rng=rules.rng))
 
 
+def on_reply_timeout(exc: ReplyTimeoutError, state: GroupState, rules: Rules) -> Decision:
+    if len(state.pending) > 1:
+        return Split()  # half the students answer in about half the time
+    return on_provider_error(exc, state, rules)
+
+
 def on_truncated(exc: TruncatedResponseError, state: GroupState, rules: Rules) -> Decision:
     if len(state.pending) > 1:
         return Split()
@@ -204,6 +214,7 @@ Handler = Callable[[Any, GroupState, Rules], Decision]
 #: Error kind → handler, first match wins (subclasses before their bases).
 HANDLERS: tuple[tuple[type[QbqError], Handler], ...] = (
     (RetryBudgetExhaustedError, on_budget_spent),
+    (ReplyTimeoutError, on_reply_timeout),
     (ProviderError, on_provider_error),
     (TruncatedResponseError, on_truncated),
     (RefusalError, on_refusal),
@@ -284,7 +295,14 @@ class _BatchRun:
             response_format=response_format(refs, list(self.request.max_marks)),
             max_completion_tokens=state.max_completion_tokens,
             planned_prompt_tokens=self.batch.prompt_tokens_for(set(refs)),
-            retry=self._requests_built > 1, on_send=self._on_send)
+            retry=self._requests_built > 1, on_send=self._on_send,
+            expected_output_tokens=self._expected_output(len(refs)))
+
+    def _expected_output(self, n_students: int) -> int:
+        """The batch's expected visible and reasoning tokens, pro rata for `n_students`."""
+        batch = self.batch
+        total = batch.expected_output_tokens + batch.expected_reasoning_tokens
+        return math.ceil(total * n_students / max(1, len(batch.students)))
 
     def _on_send(self) -> None:
         """Right before a request leaves: count it, and renew our claim on the batch once a
@@ -366,7 +384,7 @@ class _BatchRun:
     def _split(self, pending: list[Student], out: _Graded) -> _Graded:
         half = (len(pending) + 1) // 2
         self.deps.size_hint.shrink_to(half)
-        log.info("batch %d: reply truncated; splitting %d students into %d + %d",
+        log.info("batch %d: reply truncated or too slow; splitting %d students into %d + %d",
                  self.batch.index, len(pending), half, len(pending) - half)
         out.merge(self.grade(pending[:half]))
         out.merge(self.grade(pending[half:]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
@@ -11,11 +12,13 @@ from typing import Any
 import pytest
 
 from qbq import pipeline
+from qbq.backoff import floored_backoff
 from qbq.domain import Student
 from qbq.errors import (
     ImageError,
     ProviderRequestError,
     ProviderUnavailableError,
+    QuotaExhaustedError,
     RateLimitedError,
     RefusalError,
     ResponseShapeError,
@@ -24,8 +27,9 @@ from qbq.errors import (
 )
 from qbq.grading import Fail, GroupState, MoreRoom, Reask, Retry, Rules, Split, decide, grade_batch
 from qbq.limiter import Limits, MemoryBackend, RateLimiter
+from qbq.planning import plan_batches
 from qbq.preparation import Prepared, prepare
-from qbq.provider import ChatReply, ChatRequest
+from qbq.provider import QUOTA_MESSAGE, ChatReply, ChatRequest
 from qbq.sample import write_sample
 from qbq.settings import GradingPolicy, QbqSettings
 from qbq.store import Store, list_attempt_errors
@@ -313,3 +317,54 @@ def test_the_decision_table_reads_as_documented() -> None:
     assert decide(ResponseShapeError("not JSON"), state(two, reasks=1), rules) == Fail()
     with pytest.raises(ImageError):  # not a grading fault: it propagates
         decide(ImageError("page gone"), state(two), rules)
+
+
+def test_a_429_storm_without_any_stated_wait_cannot_spend_the_attempts_in_a_second(
+        setup: tuple[Prepared, Store]) -> None:
+    """429s with neither retry-after nor reset headers: every sender pauses at least the
+    floor, doubling, so three in a row wait ≥ 2 + 4 + 8 s before the fourth attempt."""
+    prepared, store = setup
+    clock = FakeClock()
+    limiter = RateLimiter(MemoryBackend(), Limits(rpm=10_000, tpm=10**9), "k", sleep=clock.sleep)
+    storm = RateLimitedError("rate limited (429): slow down", retry_after=None)
+    provider = ScriptedProvider(qnums(prepared), [lambda r, m: storm] * 3)
+    rng = random.Random(0)
+    run = fake_run(store, provider, clock, limiter=limiter,
+                   fallback_pause_s=lambda n: floored_backoff(n, floor_s=2.0, max_s=60.0,
+                                                              rng=rng))
+
+    outcome = grade_batch(prepared.plan.batches[0], prepared.request, run.deps)
+
+    assert outcome.status == "succeeded" and len(provider.calls) == 4
+    pauses = [s for s in clock.slept if s > 0.1]
+    assert len(pauses) == 3
+    assert all(p >= floor - 0.1 for p, floor in zip(pauses, (2, 4, 8), strict=True))
+
+
+def test_insufficient_quota_stops_the_run_at_once_and_a_rerun_resumes(
+        prepared: Prepared) -> None:
+    prepared = dataclasses.replace(prepared, plan=plan_batches(
+        prepared.request, GradingPolicy(max_students_per_batch=2)))
+    assert len(prepared.plan.batches) == 3
+    store = memory_store()
+    pipeline.register(store, prepared, QbqSettings(database_url="sqlite://"))
+    provider = ScriptedProvider(qnums(prepared), [
+        lambda r, m: QuotaExhaustedError(QUOTA_MESSAGE, status_code=429)])
+    run = fake_run(store, provider, FakeClock())
+
+    outcomes = [grade_batch(b, prepared.request, run.deps) for b in prepared.plan.batches]
+
+    assert len(provider.calls) == 1  # the first refusal stops every later request of the run
+    assert run.guards.budget.retries == 0
+    assert [o.status for o in outcomes] == ["failed"] * 3
+    assert {o.error_type for o in outcomes} == {"QuotaExhaustedError"}
+    reasons = {f["reason"] for b in prepared.plan.batches
+               for f in stored(store, b.idempotency_key).result["failures"].values()}
+    assert len(reasons) == 1 and "add credit" in reasons.pop()
+
+    # credit added: the same store, a new run grades every student, nothing was lost
+    again = ScriptedProvider(qnums(prepared))
+    rerun = [grade_batch(b, prepared.request, fake_run(store, again, FakeClock()).deps)
+             for b in prepared.plan.batches]
+    assert [o.status for o in rerun] == ["succeeded"] * 3
+    assert sum(o.n_graded for o in rerun) == 6
