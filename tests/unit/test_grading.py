@@ -21,6 +21,7 @@ from qbq.errors import (
     QuotaExhaustedError,
     RateLimitedError,
     RefusalError,
+    ReplyTimeoutError,
     ResponseShapeError,
     RetryBudgetExhaustedError,
     TruncatedResponseError,
@@ -368,3 +369,30 @@ def test_insufficient_quota_stops_the_run_at_once_and_a_rerun_resumes(
              for b in prepared.plan.batches]
     assert [o.status for o in rerun] == ["succeeded"] * 3
     assert sum(o.n_graded for o in rerun) == 6
+
+
+def test_a_reply_too_slow_splits_the_batch_and_the_smaller_size_is_remembered(
+        setup: tuple[Prepared, Store]) -> None:
+    """A request that outlasts its own timeout (sized to its output) is split like a truncated
+    one; the halves' timeouts follow their own, smaller expected output."""
+    prepared, store = setup
+    q = qnums(prepared)
+
+    def slow_if_big(refs: list[str], _m: ChatRequest) -> ChatReply | ReplyTimeoutError:
+        if len(refs) > 3:
+            return ReplyTimeoutError("no answer within this request's 200 s")
+        return reply(json.dumps(answers(refs, q)))
+
+    provider = ScriptedProvider(q, [slow_if_big] * 20)
+    run = fake_run(store, provider, FakeClock())
+    batch = prepared.plan.batches[0]
+
+    outcome = grade_batch(batch, prepared.request, run.deps)
+
+    assert outcome.status == "succeeded" and outcome.n_graded == 6
+    assert [len(refs) for refs in provider.refs_per_call] == [6, 3, 3]
+    assert run.deps.size_hint.get() == 3
+    assert run.guards.budget.retries == 2  # the halves are retries of the batch
+    expected = [r.expected_output_tokens for r in provider.calls]
+    assert expected[0] == batch.expected_output_tokens + batch.expected_reasoning_tokens
+    assert expected[1] == expected[2] == -(-expected[0] // 2)
