@@ -212,7 +212,7 @@ class QbqSettings(BaseSettings):
         "per second, visible and reasoning tokens alike; sizes each request's timeout. OpenAI "
         "publishes no speed (latency is 'mostly the model and the number of tokens generated', "
         "https://platform.openai.com/docs/guides/latency-optimization): 20 is a deliberately "
-        "slow floor, below the speeds of a loaded service.",
+        "slow assumption; raise it when replies come faster, lower it when they time out.",
     )
     delivery_timeout_s: float = Field(30.0, gt=0, description="Timeout of one results POST.")
     delivery_backoff_s: float = Field(
