@@ -40,6 +40,7 @@ def grade_assessment(
     provider_block: str | None = None,
     results_block: str | None = None,
     policy_block: str | None = None,
+    reasoning_effort: str | None = None,
 ) -> RunResult:
     """Grade one request (inline `request`, or a JSON file at `request_path` on the worker).
 
@@ -60,10 +61,15 @@ def grade_assessment(
             worker's QBQ_RESULTS_API_URL.
         policy_block: Name of a qbq-grading-policy block (coverage threshold, retries,
             margins); empty: the worker's QBQ_* settings.
+        reasoning_effort: `reasoning_effort` for a reasoning model (`qbq models` lists each
+            model's values); empty: the policy block's, else QBQ_REASONING_EFFORT, else the
+            model's default.
     """
     configure_logging()
     logger = get_run_logger()
     settings, policy = resolve_config(provider_block, results_block, policy_block)
+    if reasoning_effort:
+        policy = policy.model_copy(update={"reasoning_effort": reasoning_effort})
     if (request is None) == (request_path is None):
         raise ValueError("give exactly one of request or request_path")
     source: dict[str, Any] | str = (

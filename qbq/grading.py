@@ -49,7 +49,7 @@ from qbq.errors import (
 )
 from qbq.intake.cache import model_image_url
 from qbq.observability.logs import log_batch_event
-from qbq.planning import PlannedBatch, prompt_questions
+from qbq.planning import BatchPlan, PlannedBatch, prompt_questions
 from qbq.prompts import StudentPages, build_messages, correction_text, response_format
 from qbq.provider import ChatProvider, ChatRequest
 from qbq.recovery import BatchSizeHint
@@ -264,9 +264,12 @@ class _BatchRun:
     """Grades the students of one planned batch; holds what its requests cost."""
 
     def __init__(self, batch: PlannedBatch, request: GradingRequest, deps: GradingDeps,
-                 owner: str) -> None:
+                 owner: str, plan: BatchPlan | None = None) -> None:
         self.batch, self.request, self.deps, self.owner = batch, request, deps, owner
         self.process_id = request.process_id()
+        self.effort = request.spec.validate_reasoning_effort(deps.policy.reasoning_effort,
+                                                            "QBQ_REASONING_EFFORT")
+        self.max_completion_tokens = self._completion_budget(plan)
         self.rules = Rules(deps.policy, request.spec.max_output_tokens, deps.rng)
         self.usage = Usage()
         self.attempts = 0
@@ -276,6 +279,16 @@ class _BatchRun:
         self._answer_urls = [page_url(p) for p in request.model_answer_pages]
         self._page_urls: dict[str, list[str]] = {}
         self._renewed = time.monotonic()
+
+    def _completion_budget(self, plan: BatchPlan | None) -> int:
+        """The batch's max_completion_tokens, its reasoning allowance sized from the reasoning
+        the run's earlier batches spent (per student, from the store) once there is any."""
+        if plan is None or self.effort in (None, "none"):
+            return self.batch.max_completion_tokens
+        with self.deps.store.transaction() as session:
+            observed = repo.observed_reasoning_per_student(session, self.process_id)
+        return plan.completion_tokens_for(self.batch, observed_reasoning_per_student=observed,
+                                          policy=self.deps.policy)
 
     def _urls(self, student: Student) -> list[str]:
         if student.ref not in self._page_urls:
@@ -293,7 +306,7 @@ class _BatchRun:
         return ChatRequest(
             model=self.request.model, messages=messages,
             response_format=response_format(refs, list(self.request.max_marks)),
-            max_completion_tokens=state.max_completion_tokens,
+            max_completion_tokens=state.max_completion_tokens, reasoning_effort=self.effort,
             planned_prompt_tokens=self.batch.prompt_tokens_for(set(refs)),
             retry=self._requests_built > 1, on_send=self._on_send,
             expected_output_tokens=self._expected_output(len(refs)))
@@ -353,7 +366,7 @@ class _BatchRun:
 
     def _grade_group(self, students: Sequence[Student]) -> _Graded:
         out = _Graded()
-        state = GroupState(list(students), self.batch.max_completion_tokens)
+        state = GroupState(list(students), self.max_completion_tokens)
         while state.pending:
             try:
                 self._attempt(state, out)
@@ -403,8 +416,14 @@ def _claim(batch: PlannedBatch, deps: GradingDeps, owner: str) -> bool:
         deps.sleep(deps.policy.lease_poll_s)
 
 
-def grade_batch(batch: PlannedBatch, request: GradingRequest, deps: GradingDeps) -> BatchOutcome:
-    """Grade one planned batch, or return its stored result if it already succeeded."""
+def grade_batch(batch: PlannedBatch, request: GradingRequest, deps: GradingDeps,
+                plan: BatchPlan | None = None) -> BatchOutcome:
+    """Grade one planned batch, or return its stored result if it already succeeded.
+
+    Sends the policy's `reasoning_effort` (else the model's default) to reasoning models; with
+    `plan` (the batch's), sizes the reasoning allowance from what the run observed so far.
+    Raises `ConfigurationError` for an effort the model does not accept.
+    """
     key = batch.idempotency_key
     owner = new_owner_id()
     if not _claim(batch, deps, owner):
@@ -413,7 +432,7 @@ def grade_batch(batch: PlannedBatch, request: GradingRequest, deps: GradingDeps)
                         status="succeeded", from_store=True)
         return BatchOutcome(batch.index, key, "succeeded", True, len(batch.students),
                             len(batch.students))
-    run = _BatchRun(batch, request, deps, owner)
+    run = _BatchRun(batch, request, deps, owner, plan)
     return _finish(run, run.grade(batch.students))
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from qbq import pipeline
 from qbq.backoff import floored_backoff
+from qbq.catalog import get_model_spec
 from qbq.domain import Student
 from qbq.errors import (
     ImageError,
@@ -43,6 +44,7 @@ from qbq.testing.fakes import (
     reply,
     request_refs,
 )
+from qbq.usage import Usage
 
 
 @pytest.fixture(scope="module")
@@ -396,3 +398,38 @@ def test_a_reply_too_slow_splits_the_batch_and_the_smaller_size_is_remembered(
     expected = [r.expected_output_tokens for r in provider.calls]
     assert expected[0] == batch.expected_output_tokens + batch.expected_reasoning_tokens
     assert expected[1] == expected[2] == -(-expected[0] // 2)
+
+
+def test_later_batches_size_their_reasoning_allowance_from_what_the_run_observed(
+        prepared: Prepared) -> None:
+    """gpt-5-mini at effort medium: the first batch is sent with the planned allowance and the
+    effort; once the store holds its reasoning tokens, the next batch reserves from those."""
+    request = dataclasses.replace(prepared.request, model="gpt-5-mini",
+                                  spec=get_model_spec("gpt-5-mini"))
+    policy = GradingPolicy(reasoning_effort="medium", max_students_per_batch=3,
+                           reasoning_min_completion_tokens=0)
+    plan = plan_batches(request, policy)
+    assert len(plan.batches) == 2
+    store = memory_store()
+    pipeline.register(store, Prepared(request, plan), QbqSettings(database_url="sqlite://"))
+    q = qnums(prepared)
+
+    def reasoned(refs: list[str], _m: ChatRequest) -> ChatReply:
+        spent = Usage(replies=1, prompt_tokens=900, completion_tokens=1000 + 100 * len(refs),
+                      reasoning_tokens=100 * len(refs))
+        return reply(json.dumps(answers(refs, q)), usage=spent)
+
+    provider = ScriptedProvider(q, [reasoned] * 2)
+    deps = fake_run(store, provider, FakeClock(), policy=policy).deps
+    first, second = plan.batches
+
+    for batch in plan.batches:
+        assert grade_batch(batch, request, deps, plan).status == "succeeded"
+
+    assert [c.reasoning_effort for c in provider.calls] == ["medium", "medium"]
+    assert provider.calls[0].max_completion_tokens == first.max_completion_tokens
+    observed = plan.completion_tokens_for(second, observed_reasoning_per_student=100.0,
+                                          policy=policy)
+    assert provider.calls[1].max_completion_tokens == observed
+    assert observed < second.max_completion_tokens  # 100 observed, 1,024 a student planned
+    assert stored(store, first.idempotency_key).reasoning_tokens == 300
