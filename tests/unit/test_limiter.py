@@ -55,6 +55,14 @@ def test_equal_requests_are_paced_exactly_at_the_token_rate() -> None:
     assert all(abs(g - 0.5) < 1e-9 for g in gaps)
 
 
+def test_requests_worth_seconds_of_rate_go_back_to_back_at_the_full_rate() -> None:
+    """4,000-token requests on 1,000 tokens/s with a 1 s burst: one every 4 s, no idle gap
+    (waiting until the bucket could hold a whole request would space them 7 s apart)."""
+    limits = Limits(rpm=10_000, tpm=60_000)
+    starts = [s for s, _ in _schedule(limits, [(0.0, 4_000)] * 5)]
+    assert starts == pytest.approx([0.0, 4.0, 8.0, 12.0, 16.0])
+
+
 def test_request_rate_binds_when_tokens_are_plenty() -> None:
     limits = Limits(rpm=120, tpm=10_000_000)  # 2 requests/s
     starts = [s for s, _ in _schedule(limits, [(0.0, 10)] * 6)]
