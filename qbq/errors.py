@@ -9,6 +9,7 @@
     │   ├── UnknownModelError          a model with no known limits
     │   └── ConfigurationError         settings, blocks or limits are missing or wrong
     ├── PlanningError              a student cannot fit in any batch (exit code 2)
+    │   └── RequestOverLimitError      a batch exceeds the key's learned TPM (split, never sent)
     ├── ProviderError              the model provider failed to answer (transient unless noted)
     │   ├── RateLimitedError           HTTP 429; carries retry_after seconds when given
     │   ├── QuotaExhaustedError        HTTP 429 insufficient_quota: no credit; stops the run
@@ -60,6 +61,7 @@ __all__ = [
     "RateLimitedError",
     "RefusalError",
     "ReplyTimeoutError",
+    "RequestOverLimitError",
     "RequestValidationError",
     "ResponseError",
     "ResponseRuleError",
@@ -161,6 +163,12 @@ class PlanningError(QbqError):
     """The request cannot be split into batches within the model's limits."""
 
     stage = "plan"
+
+
+class RequestOverLimitError(PlanningError):
+    """The request alone costs more tokens than the key's tokens-per-minute limit learned from
+    the provider (the plan could not know it), so it is never sent: OpenAI would refuse it with
+    429 "Request too large". Grading splits the batch; not a provider failure."""
 
 
 class ProviderError(QbqError):

@@ -10,6 +10,8 @@ glance (first matching row wins; `HANDLERS` is this table):
     RetryBudgetExhaustedError      Fail   the students still pending
     ReplyTimeoutError              Split  the students in two, as a truncation (the smaller
                                           size is remembered); one student: as ProviderError
+    RequestOverLimitError          Split  likewise (never sent: over the key's learned TPM);
+                                          one student: Fail
     ProviderError                  Retry  after full-jitter backoff if transient (a 429 waits
                                           in the shared limiter instead), up to max_attempts;
                                           else Fail
@@ -41,6 +43,7 @@ from qbq.errors import (
     RateLimitedError,
     RefusalError,
     ReplyTimeoutError,
+    RequestOverLimitError,
     ResponseError,
     ResponseRuleError,
     RetryBudgetExhaustedError,
@@ -189,6 +192,10 @@ def on_reply_timeout(exc: ReplyTimeoutError, state: GroupState, rules: Rules) ->
     return on_provider_error(exc, state, rules)
 
 
+def on_over_limit(exc: RequestOverLimitError, state: GroupState, rules: Rules) -> Decision:
+    return Split() if len(state.pending) > 1 else Fail()
+
+
 def on_truncated(exc: TruncatedResponseError, state: GroupState, rules: Rules) -> Decision:
     if len(state.pending) > 1:
         return Split()
@@ -215,6 +222,7 @@ Handler = Callable[[Any, GroupState, Rules], Decision]
 HANDLERS: tuple[tuple[type[QbqError], Handler], ...] = (
     (RetryBudgetExhaustedError, on_budget_spent),
     (ReplyTimeoutError, on_reply_timeout),
+    (RequestOverLimitError, on_over_limit),
     (ProviderError, on_provider_error),
     (TruncatedResponseError, on_truncated),
     (RefusalError, on_refusal),

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from qbq.errors import ConfigurationError
+from qbq.errors import ConfigurationError, QbqError, RequestOverLimitError
 
 log = logging.getLogger("qbq.limiter")
 
@@ -401,7 +401,7 @@ class RateLimiter:
             for queued in batch:
                 try:
                     state, queued.result = queued.update(state, now)
-                except ConfigurationError as exc:  # this request's own problem; others go on
+                except QbqError as exc:  # this request's own problem; the others go on
                     queued.error = exc
             return state, None
 
@@ -430,7 +430,8 @@ class RateLimiter:
     def acquire(self, tokens: int) -> Reservation:
         """Reserve a request costing `tokens` and sleep until it may start.
 
-        Raises `ConfigurationError` when `tokens` exceeds the tokens-per-minute limit.
+        Raises `ConfigurationError` when `tokens` exceeds the configured tokens-per-minute
+        limit, `RequestOverLimitError` when it exceeds a learned one (the plan did not know it).
         """
         if self.limits is None:
             return self._acquire_learned(tokens)
@@ -457,6 +458,11 @@ class RateLimiter:
                        now: float) -> tuple[BucketState, tuple[str, float, Limits | None]]:
                 limits = self._learned(state)
                 if limits is not None:
+                    if tokens > limits.tpm:
+                        raise RequestOverLimitError(
+                            f"a request of {tokens:,} tokens exceeds this key's limit of "
+                            f"{limits.tpm:,} tokens per minute (stated by the provider); set "
+                            "QBQ_TPM to plan smaller batches")
                     new, start = reserve(state, now, limits, tokens)
                     return new, ("go", start, limits)
                 start = max(now, state.pause_until)

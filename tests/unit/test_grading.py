@@ -433,3 +433,26 @@ def test_later_batches_size_their_reasoning_allowance_from_what_the_run_observed
     assert provider.calls[1].max_completion_tokens == observed
     assert observed < second.max_completion_tokens  # 100 observed, 1,024 a student planned
     assert stored(store, first.idempotency_key).reasoning_tokens == 300
+
+
+def test_a_batch_over_the_learned_token_limit_is_split_before_it_is_sent(
+        setup: tuple[Prepared, Store]) -> None:
+    """The plan knew no TPM (none configured); the provider then stated one smaller than the
+    batch: the batch is split without sending it, and no provider failure is counted."""
+    prepared, store = setup
+    batch = prepared.plan.batches[0]
+    full = batch.prompt_tokens + batch.max_completion_tokens
+    half = batch.prompt_tokens_for(set(batch.refs[:3])) + batch.max_completion_tokens
+    assert half < full
+    clock = FakeClock()
+    limiter = RateLimiter(MemoryBackend(), None, "k", sleep=clock.sleep)
+    limiter.settle(limiter.acquire(1), 1, {"x-ratelimit-limit-requests": "10000",
+                                           "x-ratelimit-limit-tokens": str(half)})
+    provider = ScriptedProvider(qnums(prepared))
+    run = fake_run(store, provider, clock, limiter=limiter)
+
+    outcome = grade_batch(batch, prepared.request, run.deps)
+
+    assert outcome.status == "succeeded" and outcome.n_graded == 6
+    assert [len(refs) for refs in provider.refs_per_call] == [3, 3]  # the 6 were never sent
+    assert run.guards.breaker.failures == 0
