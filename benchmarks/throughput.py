@@ -219,12 +219,16 @@ IDEAL_BURST_S = 1.0
 def ideal_makespan(regime: Regime, n_batches: int, charged_tokens: int, processes: int,
                    service_s: float) -> float:
     """The shortest time the limits allow: the work at the allowed rate after a one-second
-    burst, plus the last answer's time; or, when concurrency binds, rounds of `slots` requests
-    each lasting the simulator's measured mean service time (its latency plus its own work)."""
+    burst (the regime's own burst when it sets one), plus the last answer's time; or, when
+    concurrency binds, rounds of `slots` requests each lasting the simulator's measured mean
+    service time (its latency plus its own work)."""
     r_req, r_tok = regime.real_rate(regime.sim_rpm), regime.real_rate(regime.sim_tpm)
     burst = regime.burst_s if regime.burst_s is not None else IDEAL_BURST_S
     by_requests = max(0.0, n_batches - max(1.0, r_req * burst)) / r_req
-    by_tokens = max(0.0, charged_tokens - r_tok * burst) / r_tok
+    # the last request starts once the others' tokens are paid for, less the burst; a request
+    # bigger than the burst starts on a full bucket, so then its own size stands in for it
+    largest = charged_tokens / max(1, n_batches)
+    by_tokens = max(0.0, charged_tokens - max(r_tok * burst, largest)) / r_tok
     slots = regime.max_in_flight * processes
     by_latency = math.ceil(n_batches / slots) * service_s
     return max(by_requests + service_s, by_tokens + service_s, by_latency)
