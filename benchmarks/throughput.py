@@ -1,8 +1,10 @@
 """Throughput benchmark: how close qbq grades to the provider's limits, beside two baselines.
 
 Drives the real `qbq grade` (a Prefect flow, in 1 or 2 concurrent processes sharing one API
-key) against the OpenAI simulator with time compressed 10×, in three regimes — token-bound,
-request-bound and latency/concurrency-bound — and runs the same batches through two baselines:
+key) against the OpenAI simulator with time compressed 60×, in four regimes — token-bound,
+request-bound, latency/concurrency-bound, and realistic (each request worth ~10 s of the token
+rate and thousands of output tokens, with qbq's default 1 s burst in simulated time, so every
+request is far bigger than the burst) — and runs the same batches through two baselines:
 Prefect's `rate_limit`/`concurrency` used directly, and a cookbook-style processor (minute-sized
 token buckets, a fixed 15 s pause after a 429). Prints batches, ideal makespan (from the
 limits), actual makespan, ratio (ideal/actual), 429s and per-batch orchestration overhead, then
@@ -55,6 +57,9 @@ class Regime:
     sim_tpm: int | None
     latency_ms: float  # simulated
     max_in_flight: int
+    students_per_batch: int = 3
+    #: qbq's and the ideal sender's burst in real seconds; None: QBQ_BURST_S and IDEAL_BURST_S
+    burst_s: float | None = None
 
     def real_rate(self, per_sim_minute: int | None) -> float:
         """Per real second."""
@@ -76,6 +81,10 @@ REGIMES = (
     # 1 s latency, 3 in flight per process: 3 batches/s per process
     Regime("latency-bound", sim_rpm=100_000, sim_tpm=500_000_000, latency_ms=60_000,
            max_in_flight=3),
+    # 6 students a batch: ~6,600 tokens charged (~3,300 of them max_completion_tokens) = 9.9 s
+    # of a 40,000 TPM key; 30 s latency; qbq's default burst of 1 s, here in simulated time
+    Regime("realistic", sim_rpm=10_000, sim_tpm=40_000, latency_ms=30_000, max_in_flight=8,
+           students_per_batch=6, burst_s=1.0 / TIME_SCALE),
 )
 #: qbq's burst: half the provider's one-second bucket, leaving room for arrival jitter.
 QBQ_BURST_S = "0.5"
@@ -154,9 +163,10 @@ def sim_stats(server: BackgroundServer) -> dict[str, Any]:
 # --- the workload ----------------------------------------------------------------------------
 
 
-def write_requests(work: Path, batches: int, parts: int, tag: str) -> list[Path]:
-    """`batches` × 3 students split into `parts` requests (one per flow process)."""
-    per_part = batches // parts * STUDENTS_PER_BATCH
+def write_requests(work: Path, batches: int, parts: int, tag: str,
+                   per_batch: int = STUDENTS_PER_BATCH) -> list[Path]:
+    """`batches` × `per_batch` students split into `parts` requests (one per flow process)."""
+    per_part = batches // parts * per_batch
     paths = []
     for i in range(parts):
         path = write_sample(work / f"{tag}-{i}", students=per_part, pages=1, questions=3,
@@ -169,9 +179,9 @@ def write_requests(work: Path, batches: int, parts: int, tag: str) -> list[Path]
     return paths
 
 
-def plan_of(request: Path) -> Prepared:
+def plan_of(request: Path, per_batch: int = STUDENTS_PER_BATCH) -> Prepared:
     settings = QbqSettings(database_url="sqlite://")
-    policy = GradingPolicy(max_students_per_batch=STUDENTS_PER_BATCH)
+    policy = GradingPolicy(max_students_per_batch=per_batch)
     return prepare(request, settings=settings, policy=policy)
 
 
@@ -209,11 +219,16 @@ IDEAL_BURST_S = 1.0
 def ideal_makespan(regime: Regime, n_batches: int, charged_tokens: int, processes: int,
                    service_s: float) -> float:
     """The shortest time the limits allow: the work at the allowed rate after a one-second
-    burst, plus the last answer's time; or, when concurrency binds, rounds of `slots` requests
-    each lasting the simulator's measured mean service time (its latency plus its own work)."""
+    burst (the regime's own burst when it sets one), plus the last answer's time; or, when
+    concurrency binds, rounds of `slots` requests each lasting the simulator's measured mean
+    service time (its latency plus its own work)."""
     r_req, r_tok = regime.real_rate(regime.sim_rpm), regime.real_rate(regime.sim_tpm)
-    by_requests = max(0.0, n_batches - max(1.0, r_req * IDEAL_BURST_S)) / r_req
-    by_tokens = max(0.0, charged_tokens - r_tok * IDEAL_BURST_S) / r_tok
+    burst = regime.burst_s if regime.burst_s is not None else IDEAL_BURST_S
+    by_requests = max(0.0, n_batches - max(1.0, r_req * burst)) / r_req
+    # the last request starts once the others' tokens are paid for, less the burst; a request
+    # bigger than the burst starts on a full bucket, so then its own size stands in for it
+    largest = charged_tokens / max(1, n_batches)
+    by_tokens = max(0.0, charged_tokens - max(r_tok * burst, largest)) / r_tok
     slots = regime.max_in_flight * processes
     by_latency = math.ceil(n_batches / slots) * service_s
     return max(by_requests + service_s, by_tokens + service_s, by_latency)
@@ -250,10 +265,11 @@ def run_qbq(regime: Regime, requests: list[Path], work: Path, api_url: str) -> R
             "OPENAI_BASE_URL": f"{server.url}/v1",
             "OPENAI_API_KEY": "sk-bench-simulated",
             "QBQ_DATABASE_URL": f"sqlite:///{work / f'{regime.name}-{len(requests)}.db'}",
-            "QBQ_MAX_STUDENTS_PER_BATCH": str(STUDENTS_PER_BATCH),
+            "QBQ_MAX_STUDENTS_PER_BATCH": str(regime.students_per_batch),
             "QBQ_MAX_IN_FLIGHT": str(regime.max_in_flight),
             "QBQ_LIMITER_DIR": str(work / f"limiter-{regime.name}-{len(requests)}"),
-            "QBQ_LIMITER_BURST_S": QBQ_BURST_S,
+            "QBQ_LIMITER_BURST_S": (QBQ_BURST_S if regime.burst_s is None
+                                    else repr(regime.burst_s)),
         }
         if regime.sim_rpm:
             env["QBQ_RPM"] = str(int(regime.sim_rpm * TIME_SCALE))
@@ -294,7 +310,8 @@ def _call(client: Any, model: str, batch: PlannedBatch, prepared: Prepared) -> i
     return 200
 
 
-def prefect_baseline_main(request: str, sim_url: str, rpm: float, tpm: float, slots: int) -> None:
+def prefect_baseline_main(request: str, sim_url: str, rpm: float, tpm: float, slots: int,
+                          per_batch: int = STUDENTS_PER_BATCH) -> None:
     """Runs in a subprocess against the benchmark's Prefect server."""
     import openai
     from prefect import flow, task
@@ -303,7 +320,7 @@ def prefect_baseline_main(request: str, sim_url: str, rpm: float, tpm: float, sl
     from prefect.concurrency.sync import concurrency, rate_limit
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    prepared = plan_of(Path(request))
+    prepared = plan_of(Path(request), per_batch)
     client = openai.OpenAI(base_url=f"{sim_url}/v1", api_key="sk-bench", max_retries=0)
     limits = {"bench-rpm": (max(1, int(rpm)), rpm), "bench-tpm": (max(1, int(tpm)), tpm),
               "bench-inflight": (slots, None)}
@@ -338,7 +355,7 @@ def run_prefect_baseline(regime: Regime, request: Path, api_url: str) -> Result:
         code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
                 "from benchmarks.throughput import prefect_baseline_main as m; "
                 f"m({str(request)!r}, {server.url!r}, {rpm_s!r}, {tpm_s!r}, "
-                f"{regime.max_in_flight})")
+                f"{regime.max_in_flight}, {regime.students_per_batch})")
         subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=900,
                        capture_output=True)
         return _result("prefect rate_limit/concurrency", regime, server, timing, 1)
@@ -357,7 +374,7 @@ def run_cookbook(regime: Regime, request: Path) -> Result:
     clock) and the request is retried."""
     import openai
 
-    prepared = plan_of(request)
+    prepared = plan_of(request, regime.students_per_batch)
     with simulator(regime) as (server, timing):
         client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="sk-bench",
                                     max_retries=0)
@@ -557,8 +574,9 @@ def main() -> None:
                 for regime in REGIMES:
                     if args.regime and regime.name not in args.regime:
                         continue
-                    one = write_requests(work, args.batches, 1, f"{regime.name}-one")
-                    two = write_requests(work, args.batches, 2, f"{regime.name}-two")
+                    per = regime.students_per_batch
+                    one = write_requests(work, args.batches, 1, f"{regime.name}-one", per)
+                    two = write_requests(work, args.batches, 2, f"{regime.name}-two", per)
                     runners: list[tuple[str, Callable[[], Result]]] = [
                         ("qbq 1 process",
                          lambda r=regime, q=one: run_qbq(r, q, work, api_url)),

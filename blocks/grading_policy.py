@@ -59,6 +59,8 @@ class GradingPolicyBlock(Block):
                                                    description=_doc("retry_budget_token_ratio"))
     lease_s: float | None = Field(None, gt=0.0, description=_doc("lease_s"))
     mode: Literal["sync", "batch", "flex"] | None = Field(None, description=_doc("mode"))
+    reasoning_effort: str | None = Field(None, description=_doc("reasoning_effort"))
+    rate_limit_pause_s: float | None = Field(None, gt=0.0, description=_doc("rate_limit_pause_s"))
 
     def to_settings_overrides(self) -> dict[str, Any]:
         """The `GradingPolicy` fields this block sets (the non-empty ones)."""

@@ -42,6 +42,7 @@ def grade_assessment(
     results_block: str | None = None,
     policy_block: str | None = None,
     mode: Literal["sync", "batch", "flex"] | None = None,
+    reasoning_effort: str | None = None,
 ) -> RunResult:
     """Grade one request: stored by `qbq submit` (`request_id`), or a JSON file at
     `request_path` on the worker. The request is never a parameter: Prefect keeps parameters
@@ -64,12 +65,17 @@ def grade_assessment(
             margins); empty: the worker's QBQ_* settings.
         mode: sync, batch (the Batch API) or flex (service_tier "flex"); empty: the policy's
             (QBQ_MODE, or the policy block's mode).
+        reasoning_effort: `reasoning_effort` for a reasoning model (`qbq models` lists each
+            model's values); empty: the policy block's, else QBQ_REASONING_EFFORT, else the
+            model's default.
     """
     configure_logging()
     logger = get_run_logger()
     settings, policy = resolve_config(provider_block, results_block, policy_block)
     if mode is not None:
         policy = policy.model_copy(update={"mode": mode})
+    if reasoning_effort:
+        policy = policy.model_copy(update={"reasoning_effort": reasoning_effort})
     if (request_id is None) == (request_path is None):
         raise RequestValidationError(["request_id: give exactly one of request_id or "
                                       "request_path"])

@@ -22,7 +22,13 @@ from rich.table import Table
 
 from qbq.cli_models import register as register_models
 from qbq.cli_reports import register as register_reports
-from qbq.errors import InputError, PlanningError, QbqError, RequestValidationError
+from qbq.errors import (
+    InputError,
+    PlanningError,
+    QbqError,
+    QuotaExhaustedError,
+    RequestValidationError,
+)
 from qbq.payload import NativePayload
 from qbq.settings import GradingPolicy, get_settings
 
@@ -159,6 +165,10 @@ def grade(
     console.print(f"{s.graded}/{s.students} graded, {s.model_calls} model calls, "
                   f"{s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion tokens, "
                   f"est. ${s.estimated_cost_usd:.4f}")
+    stopped = next((f.reason for f in payload.failures
+                    if f.error_type == QuotaExhaustedError.__name__), None)
+    if stopped is not None:  # what to do, in full (the table cuts reasons short)
+        err.print(f"[bold red]stopped:[/] {escape(stopped)}", highlight=False)
     line, not_delivered = delivery_line(result)
     console.print(line, markup=False, highlight=False, soft_wrap=True)
     if not_delivered:

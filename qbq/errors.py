@@ -10,11 +10,14 @@
     │   ├── UnknownModelError          a model with no known limits
     │   └── ConfigurationError         settings, blocks or limits are missing or wrong
     ├── PlanningError              a student cannot fit in any batch (exit code 2)
+    │   └── RequestOverLimitError      a batch exceeds the key's learned TPM (split, never sent)
     ├── ProviderError              the model provider failed to answer (transient unless noted)
     │   ├── RateLimitedError           HTTP 429; carries retry_after seconds when given
     │   ├── FlexUnavailableError       HTTP 429 resource_unavailable: flex has no capacity now
+    │   ├── QuotaExhaustedError        HTTP 429 insufficient_quota: no credit; stops the run
     │   ├── ProviderUnavailableError   HTTP 5xx
-    │   ├── ProviderTimeoutError       no answer within the client timeout
+    │   ├── ProviderTimeoutError       no answer within the client timeout (or HTTP 408)
+    │   │   └── ReplyTimeoutError          no answer within the timeout sized to the output
     │   ├── ProviderConnectionError    the connection failed or dropped
     │   ├── ProviderDownError          the circuit breaker gave up on the provider (not retried)
     │   └── ProviderRequestError       HTTP 4xx other than 429: our request is wrong (not retried)
@@ -63,9 +66,12 @@ __all__ = [
     "ProviderTimeoutError",
     "ProviderUnavailableError",
     "QbqError",
+    "QuotaExhaustedError",
     "RateLimitedError",
     "RedactedError",
     "RefusalError",
+    "ReplyTimeoutError",
+    "RequestOverLimitError",
     "RequestValidationError",
     "ResponseError",
     "ResponseRuleError",
@@ -190,6 +196,12 @@ class PlanningError(QbqError):
     stage = "plan"
 
 
+class RequestOverLimitError(PlanningError):
+    """The request alone costs more tokens than the key's tokens-per-minute limit learned from
+    the provider (the plan could not know it), so it is never sent: OpenAI would refuse it with
+    429 "Request too large". Grading splits the batch; not a provider failure."""
+
+
 class ProviderError(QbqError):
     """The provider did not produce an answer; `transient` errors are worth retrying."""
 
@@ -226,12 +238,28 @@ class FlexUnavailableError(ProviderError):
     """
 
 
+class QuotaExhaustedError(ProviderError):
+    """OpenAI's 429 `insufficient_quota`: the account has no credit left, and no wait fixes it.
+
+    Not retried; the first one stops every later request of the run (`qbq.guards`), so the
+    batches not yet graded fail at once without a model call and a rerun resumes them
+    (https://platform.openai.com/docs/guides/error-codes).
+    """
+
+    transient = False
+
+
 class ProviderUnavailableError(ProviderError):
     """HTTP 5xx from the provider."""
 
 
 class ProviderTimeoutError(ProviderError):
     """The provider did not answer within the client timeout."""
+
+
+class ReplyTimeoutError(ProviderTimeoutError):
+    """No answer within the request's own timeout, sized to its expected output (client side):
+    grading splits the batch as after a truncation, since a smaller request answers sooner."""
 
 
 class ProviderConnectionError(ProviderError):

@@ -13,6 +13,10 @@ glance (first matching row wins; `HANDLERS` is this table):
       the schema)                         an undecodable image) bisect the group; one
                                           student: Fail, flagged for review, naming its ref,
                                           page id and the provider's message
+    ReplyTimeoutError              Split  the students in two, as a truncation (the smaller
+                                          size is remembered); one student: as ProviderError
+    RequestOverLimitError          Split  likewise (never sent: over the key's learned TPM);
+                                          one student: Fail
     ProviderError                  Retry  after full-jitter backoff if transient (a 429 waits
                                           in the shared limiter instead), up to max_attempts;
                                           then, for timeouts and 5xx, Isolate (bisect) so one
@@ -31,6 +35,7 @@ glance (first matching row wins; `HANDLERS` is this table):
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +52,8 @@ from qbq.errors import (
     QbqError,
     RateLimitedError,
     RefusalError,
+    ReplyTimeoutError,
+    RequestOverLimitError,
     ResponseError,
     ResponseRuleError,
     RetryBudgetExhaustedError,
@@ -55,7 +62,7 @@ from qbq.errors import (
 )
 from qbq.intake.cache import model_image_url
 from qbq.observability.logs import log_batch_event, redact
-from qbq.planning import PlannedBatch, prompt_questions
+from qbq.planning import BatchPlan, PlannedBatch, prompt_questions
 from qbq.prompts import (
     StudentPages,
     build_messages,
@@ -243,6 +250,16 @@ def on_provider_error(exc: ProviderError, state: GroupState, rules: Rules) -> De
                              max_s=rules.policy.backoff_max_s, rng=rules.rng))
 
 
+def on_reply_timeout(exc: ReplyTimeoutError, state: GroupState, rules: Rules) -> Decision:
+    if len(state.pending) > 1:
+        return Split()  # half the students answer in about half the time
+    return on_provider_error(exc, state, rules)
+
+
+def on_over_limit(exc: RequestOverLimitError, state: GroupState, rules: Rules) -> Decision:
+    return Split() if len(state.pending) > 1 else Fail()
+
+
 def on_truncated(exc: TruncatedResponseError, state: GroupState, rules: Rules) -> Decision:
     if len(state.pending) > 1:
         return Split()
@@ -269,6 +286,8 @@ Handler = Callable[[Any, GroupState, Rules], Decision]
 HANDLERS: tuple[tuple[type[QbqError], Handler], ...] = (
     (RetryBudgetExhaustedError, on_budget_spent),
     (ProviderContentError, on_content_refused),
+    (ReplyTimeoutError, on_reply_timeout),
+    (RequestOverLimitError, on_over_limit),
     (ProviderError, on_provider_error),
     (TruncatedResponseError, on_truncated),
     (RefusalError, on_refusal),
@@ -318,9 +337,12 @@ class _BatchRun:
     """Grades the students of one planned batch; holds what its requests cost."""
 
     def __init__(self, batch: PlannedBatch, request: GradingRequest, deps: GradingDeps,
-                 owner: str) -> None:
+                 owner: str, plan: BatchPlan | None = None) -> None:
         self.batch, self.request, self.deps, self.owner = batch, request, deps, owner
         self.process_id = request.process_id()
+        self.effort = request.spec.validate_reasoning_effort(deps.policy.reasoning_effort,
+                                                            "QBQ_REASONING_EFFORT")
+        self.max_completion_tokens = self._completion_budget(plan)
         self.rules = Rules(deps.policy, request.spec.max_output_tokens, deps.rng)
         self.usage = Usage()
         self.attempts = 0
@@ -331,6 +353,16 @@ class _BatchRun:
         self._cache_key = prompt_cache_key(request.assessment_id, request.prompt_fingerprint)
         self._page_urls: dict[str, list[str]] = {}
         self._renewed = time.monotonic()
+
+    def _completion_budget(self, plan: BatchPlan | None) -> int:
+        """The batch's max_completion_tokens, its reasoning allowance sized from the reasoning
+        the run's earlier batches spent (per student, from the store) once there is any."""
+        if plan is None or self.effort in (None, "none"):
+            return self.batch.max_completion_tokens
+        with self.deps.store.transaction() as session:
+            observed = repo.observed_reasoning_per_student(session, self.process_id)
+        return plan.completion_tokens_for(self.batch, observed_reasoning_per_student=observed,
+                                          policy=self.deps.policy)
 
     def _urls(self, student: Student) -> list[str]:
         if student.ref not in self._page_urls:
@@ -351,9 +383,16 @@ class _BatchRun:
             response_format=response_format(list(self.request.max_marks)),
             prompt_cache_key=self._cache_key,
             service_tier="flex" if self.deps.policy.mode == "flex" else None,
-            max_completion_tokens=state.max_completion_tokens,
+            max_completion_tokens=state.max_completion_tokens, reasoning_effort=self.effort,
             planned_prompt_tokens=self.batch.prompt_tokens_for(set(refs)),
-            retry=self._requests_built > 1, on_send=self._on_send)
+            retry=self._requests_built > 1, on_send=self._on_send,
+            expected_output_tokens=self._expected_output(len(refs)))
+
+    def _expected_output(self, n_students: int) -> int:
+        """The batch's expected visible and reasoning tokens, pro rata for `n_students`."""
+        batch = self.batch
+        total = batch.expected_output_tokens + batch.expected_reasoning_tokens
+        return math.ceil(total * n_students / max(1, len(batch.students)))
 
     def _on_send(self) -> None:
         """Right before a request leaves: count it, and renew our claim on the batch once a
@@ -403,7 +442,7 @@ class _BatchRun:
 
     def _grade_group(self, students: Sequence[Student]) -> _Graded:
         out = _Graded()
-        state = GroupState(list(students), self.batch.max_completion_tokens)
+        state = GroupState(list(students), self.max_completion_tokens)
         while state.pending:
             try:
                 self._attempt(state, out)
@@ -454,7 +493,7 @@ class _BatchRun:
     def _split(self, pending: list[Student], out: _Graded) -> _Graded:
         half = (len(pending) + 1) // 2
         self.deps.size_hint.shrink_to(half)
-        log.info("batch %d: reply truncated; splitting %d students into %d + %d",
+        log.info("batch %d: reply truncated or too slow; splitting %d students into %d + %d",
                  self.batch.index, len(pending), half, len(pending) - half)
         out.merge(self.grade(pending[:half]))
         out.merge(self.grade(pending[half:]))
@@ -481,8 +520,14 @@ def _claim(batch: PlannedBatch, deps: GradingDeps, owner: str) -> bool:
         deps.sleep(deps.policy.lease_poll_s)
 
 
-def grade_batch(batch: PlannedBatch, request: GradingRequest, deps: GradingDeps) -> BatchOutcome:
-    """Grade one planned batch, or return its stored result if it already succeeded."""
+def grade_batch(batch: PlannedBatch, request: GradingRequest, deps: GradingDeps,
+                plan: BatchPlan | None = None) -> BatchOutcome:
+    """Grade one planned batch, or return its stored result if it already succeeded.
+
+    Sends the policy's `reasoning_effort` (else the model's default) to reasoning models; with
+    `plan` (the batch's), sizes the reasoning allowance from what the run observed so far.
+    Raises `ConfigurationError` for an effort the model does not accept.
+    """
     key = batch.idempotency_key
     owner = new_owner_id()
     if not _claim(batch, deps, owner):
@@ -491,7 +536,7 @@ def grade_batch(batch: PlannedBatch, request: GradingRequest, deps: GradingDeps)
                         status="succeeded", from_store=True)
         return BatchOutcome(batch.index, key, "succeeded", True, len(batch.students),
                             len(batch.students))
-    run = _BatchRun(batch, request, deps, owner)
+    run = _BatchRun(batch, request, deps, owner, plan)
     return _finish(run, run.grade(batch.students))
 
 

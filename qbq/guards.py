@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from qbq.errors import ProviderError, RateLimitedError
+from qbq.errors import ProviderError, QuotaExhaustedError, RateLimitedError
 from qbq.limiter import RateLimiter
 from qbq.provider import ChatProvider, ChatReply, ChatRequest
 from qbq.recovery import CircuitBreaker, RetryBudget
@@ -53,24 +53,44 @@ class RatePaced(WrapperProvider):
 
     Reserves `request.reserved_tokens` and sleeps until the start it was given; after the reply,
     settles the reservation with the tokens really charged (prompt + `max_completion_tokens`) and
-    the `x-ratelimit-*` headers. A 429 pauses every sender of the key for its `retry-after`
-    (seconds), or for `fallback_pause_s()` when the provider gave none.
+    the `x-ratelimit-*` headers (a limiter without configured limits learns them there). A
+    request that gets no reply releases its reservation (a probe lets another sender probe). A
+    429 pauses every sender of the key for the wait it states (`retry-after`, else the
+    `x-ratelimit-reset-*` headers; seconds), or for `fallback_pause_s(n)` when it stated none,
+    `n` counting such 429s in a row (so the pause can grow).
     """
 
     def __init__(self, wrapped: ChatProvider, limiter: RateLimiter,
-                 fallback_pause_s: Callable[[], float]) -> None:
+                 fallback_pause_s: Callable[[int], float]) -> None:
         super().__init__(wrapped)
         self.limiter = limiter
         self.fallback_pause_s = fallback_pause_s
+        self._unstated = 0  # 429s in a row that stated no wait
+        self._lock = threading.Lock()
+
+    def _pause_for(self, exc: RateLimitedError) -> float:
+        with self._lock:
+            if exc.retry_after is not None:
+                self._unstated = 0
+                return exc.retry_after
+            self._unstated += 1
+            streak = self._unstated
+        return self.fallback_pause_s(streak)
 
     def complete(self, request: ChatRequest) -> ChatReply:
         reservation = self.limiter.acquire(request.reserved_tokens)
+        replied = False
         try:
             reply = self.wrapped.complete(request)
+            replied = True
         except RateLimitedError as exc:
-            wait = exc.retry_after if exc.retry_after is not None else self.fallback_pause_s()
-            self.limiter.cool_down(wait)
+            self.limiter.cool_down(self._pause_for(exc))
             raise
+        finally:
+            if not replied:
+                self.limiter.release(reservation)
+        with self._lock:
+            self._unstated = 0
         prompt = reply.usage.prompt_tokens
         charged = prompt + request.max_completion_tokens if prompt else None
         self.limiter.settle(reservation, charged, reply.rate_headers)
@@ -80,7 +100,9 @@ class RatePaced(WrapperProvider):
 class CircuitBroken(WrapperProvider):
     """Waits while the breaker is open; tells it about every provider failure and success.
 
-    Raises `ProviderDownError` (from the breaker) once an outage outlasts its give-up time.
+    Raises `ProviderDownError` (from the breaker) once an outage outlasts its give-up time. A
+    `QuotaExhaustedError` stops the breaker: every later request of the run raises it at once,
+    without a model call.
     """
 
     def __init__(self, wrapped: ChatProvider, breaker: CircuitBreaker) -> None:
@@ -91,6 +113,9 @@ class CircuitBroken(WrapperProvider):
         self.breaker.before_call()
         try:
             reply = self.wrapped.complete(request)
+        except QuotaExhaustedError as exc:
+            self.breaker.stop(exc)
+            raise
         except ProviderError:
             self.breaker.record_failure()
             raise
@@ -121,7 +146,7 @@ class RetryBudgeted(WrapperProvider):
 
 def guarded_provider(provider: ChatProvider, *, budget: RetryBudget, breaker: CircuitBreaker,
                      slots: threading.Semaphore | None, limiter: RateLimiter | None,
-                     fallback_pause_s: Callable[[], float]) -> ChatProvider:
+                     fallback_pause_s: Callable[[int], float]) -> ChatProvider:
     """`provider` inside the whole stack (see the module docstring); no slots or no limiter
     leaves that layer out."""
     inner: ChatProvider = provider

@@ -8,6 +8,12 @@ host, `fcntl` lock; the default, needs no server), `redis` or `postgres` (severa
 taken from the server so host clocks need not agree). After each reply the reservation is
 corrected by the real `usage` and by the provider's `x-ratelimit-remaining-*` headers (only ever
 towards caution); a 429 pauses every sender until its `retry-after`.
+
+Without configured limits the limiter learns them from the provider: the first sender of the
+key sends one request alone (the probe), the `x-ratelimit-limit-*` headers of its reply are
+written into the shared state, and every sender paces at them from then on — following them
+when a later reply states other limits. A provider that states no limits leaves the key
+unpaced (the in-flight slots alone bound it), and the limiter logs that once.
 """
 
 from __future__ import annotations
@@ -15,14 +21,17 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from qbq.errors import ConfigurationError
+from qbq.errors import ConfigurationError, QbqError, RequestOverLimitError
+
+log = logging.getLogger("qbq.limiter")
 
 __all__ = [
     "BucketState",
@@ -31,6 +40,7 @@ __all__ = [
     "MemoryBackend",
     "RateLimiter",
     "Reservation",
+    "learn_limits",
     "make_backend",
     "observe_remaining",
     "refund",
@@ -67,17 +77,27 @@ class Limits:
 
 @dataclass(frozen=True)
 class BucketState:
-    """GCRA state: the time at which each bucket's debt is paid off, and a shared pause."""
+    """GCRA state: the time at which each bucket's debt is paid off, and a shared pause.
+
+    The last three fields serve a limiter without configured limits: the limits learned from
+    the provider's headers (`rpm`, `tpm`; 0 until learned), the time a probe request in flight
+    stops holding the others back (`probe_until`), and `unpaced`: the provider states no limits.
+    """
 
     t_req: float = 0.0
     t_tok: float = 0.0
     pause_until: float = 0.0
+    rpm: int = 0
+    tpm: int = 0
+    probe_until: float = 0.0
+    unpaced: bool = False
 
 
 # --- pure GCRA arithmetic -------------------------------------------------------------------
 # A bucket of capacity B refilling at r per second is full again at time T. At time s it holds
-# B - max(0, T - s)·r, so a cost n fits from s ≥ T - (B - n)/r (n > B simply waits longer), and
-# after taking it the bucket is full again at max(T, s) + n/r.
+# B - max(0, T - s)·r, so a cost n ≤ B fits from s ≥ T - (B - n)/r, a cost n > B from s ≥ T
+# (a full bucket; it then runs n - B into debt), and after taking it the bucket is full again at
+# max(T, s) + n/r. In any window of w seconds at most B + w·r + (the largest n - B) is sent.
 
 
 def reserve(state: BucketState, now: float, limits: Limits,
@@ -87,14 +107,14 @@ def reserve(state: BucketState, now: float, limits: Limits,
         raise ConfigurationError(f"a request of {tokens:,} tokens can never fit a limit of "
                                  f"{limits.tpm:,} tokens per minute")
     r_req, r_tok = limits.rpm / 60.0, limits.tpm / 60.0
+    # A request bigger than the burst starts as soon as the bucket is full, not once it would
+    # hold the whole request: waiting for that would idle (n - burst)/r per request, e.g. 59%
+    # of the rate for requests of 5 s of rate with a 1 s burst (issue 12).
     start = max(now, state.pause_until,
                 state.t_req - (limits.request_capacity - 1) / r_req,
-                state.t_tok - (limits.token_capacity - tokens) / r_tok)
-    new = BucketState(
-        t_req=max(state.t_req, start) + 1 / r_req,
-        t_tok=max(state.t_tok, start) + tokens / r_tok,
-        pause_until=state.pause_until,
-    )
+                state.t_tok - (limits.token_capacity - min(tokens, limits.token_capacity)) / r_tok)
+    new = replace(state, t_req=max(state.t_req, start) + 1 / r_req,
+                  t_tok=max(state.t_tok, start) + tokens / r_tok)
     return new, start
 
 
@@ -102,7 +122,7 @@ def refund(state: BucketState, limits: Limits, tokens: int) -> BucketState:
     """Give back tokens reserved but not charged (the estimate was above the real usage)."""
     if tokens <= 0:
         return state
-    return BucketState(state.t_req, state.t_tok - tokens / (limits.tpm / 60.0), state.pause_until)
+    return replace(state, t_tok=state.t_tok - tokens / (limits.tpm / 60.0))
 
 
 def observe_remaining(state: BucketState, now: float, limits: Limits,
@@ -118,11 +138,34 @@ def observe_remaining(state: BucketState, now: float, limits: Limits,
         t_req = max(t_req, now + (limits.request_capacity - remaining_requests) / (limits.rpm / 60))
     if remaining_tokens is not None and remaining_tokens < limits.token_capacity:
         t_tok = max(t_tok, now + (limits.token_capacity - remaining_tokens) / (limits.tpm / 60))
-    return BucketState(t_req, t_tok, state.pause_until)
+    return replace(state, t_req=t_req, t_tok=t_tok)
 
 
 def pause(state: BucketState, until: float) -> BucketState:
-    return BucketState(state.t_req, state.t_tok, max(state.pause_until, until))
+    return replace(state, pause_until=max(state.pause_until, until))
+
+
+def learn_limits(state: BucketState, now: float, rpm: int | None, tpm: int | None, *,
+                 probe_tokens: int = 0, burst_s: float = 1.0) -> BucketState:
+    """The shared state after a reply stating `rpm` and `tpm` (None: the reply stated none).
+
+    A probe's reply (`probe_tokens` > 0: the tokens it was charged) ends the probe: with limits
+    it is charged to the fresh buckets as if reserved at `now`; without, the key becomes
+    unpaced. Any other reply only updates limits that changed; one without limits changes
+    nothing (OpenAI omits the headers on some replies).
+    """
+    probing = probe_tokens > 0
+    if rpm is not None and tpm is not None and rpm > 0 and tpm > 0:
+        if (rpm, tpm) != (state.rpm, state.tpm) or state.unpaced:
+            state = replace(state, rpm=rpm, tpm=tpm, unpaced=False)
+        if probing:
+            limits = Limits(rpm, tpm, burst_s)
+            state, _ = reserve(replace(state, probe_until=0.0), now, limits,
+                               min(probe_tokens, tpm))
+        return state
+    if probing:
+        return replace(state, probe_until=0.0, unpaced=state.rpm == 0)
+    return state
 
 
 # --- shared state backends --------------------------------------------------------------------
@@ -141,7 +184,9 @@ class Backend(Protocol):
 def _decode(raw: bytes | str | None) -> BucketState:
     if not raw:
         return BucketState()
-    return BucketState(**json.loads(raw))
+    fields = json.loads(raw)
+    known = BucketState.__dataclass_fields__
+    return BucketState(**{k: v for k, v in fields.items() if k in known})
 
 
 def _encode(state: BucketState) -> str:
@@ -269,9 +314,17 @@ def make_backend(kind: str, *, url: str | None, folder: Path) -> Backend:
 
 @dataclass(frozen=True)
 class Reservation:
+    """One reserved start: `tokens` reserved, the start time, how long the caller slept (s).
+
+    `limits` are the limits it was reserved under (None: not paced — a probe or an unpaced
+    key); `probe` marks the one request that learns the provider's limits.
+    """
+
     tokens: int
     start_at: float
     waited_s: float
+    limits: Limits | None = None
+    probe: bool = False
 
 
 def key_id(api_key: str | None, base_url: str | None) -> str:
@@ -310,14 +363,24 @@ class RateLimiter:
     thread to arrive runs one backend transaction for every update queued meanwhile, so a busy
     process pays one lock and one file (or Redis, PostgreSQL) round trip per wave of requests,
     not per request, while each request still gets its own exact GCRA slot.
+
+    `limits` None: learn them from the provider (see the module docstring); `burst_s` is then
+    the burst of the learned limits, `probe_timeout_s` how long the others wait for a probe
+    that never settles (at least the request timeout), and `poll_s` how often they look.
     """
 
-    def __init__(self, backend: Backend, limits: Limits, key: str,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, backend: Backend, limits: Limits | None, key: str,
+                 sleep: Callable[[float], None] = time.sleep, *, burst_s: float = 1.0,
+                 probe_timeout_s: float = 130.0, poll_s: float = 0.05) -> None:
         self.backend = backend
         self.limits = limits
         self.key = key
         self._sleep = sleep
+        self._burst_s = burst_s
+        self._probe_timeout_s = probe_timeout_s
+        self._poll_s = poll_s
+        self._seen: tuple[int, int] | None = None
+        self._said_unpaced = False
         self._cond = threading.Condition()
         self._queue: list[_Op] = []
         self._leading = False
@@ -338,7 +401,7 @@ class RateLimiter:
             for queued in batch:
                 try:
                     state, queued.result = queued.update(state, now)
-                except ConfigurationError as exc:  # this request's own problem; others go on
+                except QbqError as exc:  # this request's own problem; the others go on
                     queued.error = exc
             return state, None
 
@@ -365,7 +428,13 @@ class RateLimiter:
         return op.result, op.now
 
     def acquire(self, tokens: int) -> Reservation:
-        """Reserve a request costing `tokens` and sleep until it may start."""
+        """Reserve a request costing `tokens` and sleep until it may start.
+
+        Raises `ConfigurationError` when `tokens` exceeds the configured tokens-per-minute
+        limit, `RequestOverLimitError` when it exceeds a learned one (the plan did not know it).
+        """
+        if self.limits is None:
+            return self._acquire_learned(tokens)
         limits = self.limits
 
         def update(state: BucketState, now: float) -> tuple[BucketState, float]:
@@ -375,11 +444,65 @@ class RateLimiter:
         wait = max(0.0, start_at - now)
         if wait > 0:
             self._sleep(wait)
-        return Reservation(tokens, start_at, wait)
+        return Reservation(tokens, start_at, wait, limits)
+
+    def _learned(self, state: BucketState) -> Limits | None:
+        if state.rpm > 0 and state.tpm > 0 and not state.unpaced:
+            return Limits(state.rpm, state.tpm, self._burst_s)
+        return None
+
+    def _acquire_learned(self, tokens: int) -> Reservation:
+        waited = 0.0
+        while True:
+            def update(state: BucketState,
+                       now: float) -> tuple[BucketState, tuple[str, float, Limits | None]]:
+                limits = self._learned(state)
+                if limits is not None:
+                    if tokens > limits.tpm:
+                        raise RequestOverLimitError(
+                            f"a request of {tokens:,} tokens exceeds this key's limit of "
+                            f"{limits.tpm:,} tokens per minute (stated by the provider); set "
+                            "QBQ_TPM to plan smaller batches")
+                    new, start = reserve(state, now, limits, tokens)
+                    return new, ("go", start, limits)
+                start = max(now, state.pause_until)
+                if state.unpaced:
+                    return state, ("unpaced", start, None)
+                if state.probe_until > now:
+                    return state, ("wait", state.probe_until, None)
+                return (replace(state, probe_until=start + self._probe_timeout_s),
+                        ("probe", start, None))
+
+            (kind, at, limits), now = self._transact(update)
+            if kind == "wait":
+                nap = min(self._poll_s, max(0.0, at - now))
+                self._sleep(nap)
+                waited += nap
+                continue
+            if kind == "unpaced":
+                self._say_unpaced()
+            wait = max(0.0, at - now)
+            if wait > 0:
+                self._sleep(wait)
+            return Reservation(tokens, at, waited + wait, limits, probe=kind == "probe")
+
+    def _say_unpaced(self) -> None:
+        if not self._said_unpaced:
+            self._said_unpaced = True
+            log.warning("the provider states no rate limits (no x-ratelimit-limit-* headers) and "
+                        "QBQ_RPM/QBQ_TPM are not set: requests are paced by QBQ_MAX_IN_FLIGHT "
+                        "alone")
 
     def settle(self, reservation: Reservation, charged_tokens: int | None,
                headers: Mapping[str, str]) -> None:
-        """Correct the shared state with what the provider really charged and reports."""
+        """Correct the shared state with what the provider really charged and reports.
+
+        Without configured limits, also learns the limits the headers state (a probe's reply
+        ends the probe) and follows them when they change.
+        """
+        if self.limits is None:
+            self._settle_learned(reservation, charged_tokens, headers)
+            return
         limits = self.limits
         unused = reservation.tokens - charged_tokens if charged_tokens is not None else 0
         remaining_req = _int_header(headers, "x-ratelimit-remaining-requests")
@@ -390,6 +513,49 @@ class RateLimiter:
         def update(state: BucketState, now: float) -> tuple[BucketState, None]:
             state = refund(state, limits, unused)
             return observe_remaining(state, now, limits, remaining_req, remaining_tok), None
+
+        self._transact(update)
+
+    def _settle_learned(self, reservation: Reservation, charged_tokens: int | None,
+                        headers: Mapping[str, str]) -> None:
+        limit_req = _int_header(headers, "x-ratelimit-limit-requests")
+        limit_tok = _int_header(headers, "x-ratelimit-limit-tokens")
+        remaining_req = _int_header(headers, "x-ratelimit-remaining-requests")
+        remaining_tok = _int_header(headers, "x-ratelimit-remaining-tokens")
+        charged = charged_tokens if charged_tokens is not None else reservation.tokens
+        unused = reservation.tokens - charged
+        stated = (limit_req, limit_tok) if limit_req and limit_tok else None
+        if (not reservation.probe and (stated is None or stated == self._seen) and unused <= 0
+                and remaining_req is None and remaining_tok is None):
+            return
+
+        def update(state: BucketState,
+                   now: float) -> tuple[BucketState, tuple[int, int, bool]]:
+            state = learn_limits(state, now, limit_req, limit_tok,
+                                 probe_tokens=max(1, charged) if reservation.probe else 0,
+                                 burst_s=self._burst_s)
+            limits = self._learned(state)
+            if limits is not None:
+                if reservation.limits == limits:
+                    state = refund(state, limits, unused)
+                state = observe_remaining(state, now, limits, remaining_req, remaining_tok)
+            return state, (state.rpm, state.tpm, state.unpaced)
+
+        (rpm, tpm, unpaced), _ = self._transact(update)
+        if unpaced:
+            self._say_unpaced()
+        elif (rpm, tpm) != self._seen:
+            log.info("pacing at the provider's limits: %s requests and %s tokens per minute",
+                     f"{rpm:,}", f"{tpm:,}")
+        self._seen = (rpm, tpm)
+
+    def release(self, reservation: Reservation) -> None:
+        """The reserved request got no reply: a probe lets another sender probe at once."""
+        if not reservation.probe:
+            return
+
+        def update(state: BucketState, now: float) -> tuple[BucketState, None]:
+            return replace(state, probe_until=0.0), None
 
         self._transact(update)
 

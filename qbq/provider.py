@@ -11,6 +11,7 @@ the content, `Usage`, and the rate-limit headers. The SDK's own retries are swit
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -31,13 +32,16 @@ from qbq.errors import (
     ProviderRequestError,
     ProviderTimeoutError,
     ProviderUnavailableError,
+    QuotaExhaustedError,
     RateLimitedError,
+    ReplyTimeoutError,
     ResponseShapeError,
 )
 from qbq.usage import Usage
 
-__all__ = ["STATUS_RULES", "ChatProvider", "ChatReply", "ChatRequest", "OpenAIChatProvider",
-           "chat_reply", "content_param", "is_loopback_host", "make_openai_client",
+__all__ = ["QUOTA_MESSAGE", "STATUS_RULES", "ChatProvider", "ChatReply", "ChatRequest",
+           "OpenAIChatProvider", "chat_reply", "content_param", "is_loopback_host",
+           "make_openai_client", "openai_duration_s",
            "translate_error"]
 
 _RATE_HEADERS = (
@@ -46,6 +50,12 @@ _RATE_HEADERS = (
     "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", "retry-after", "retry-after-ms",
 )
 _DETAIL_FROM_PROVIDER = 300  # characters of the provider's error message kept
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
+#: What a teacher reads when OpenAI answers `insufficient_quota`.
+QUOTA_MESSAGE = (
+    "the OpenAI account has no credit left (429 insufficient_quota): add credit or raise the "
+    "usage limit at https://platform.openai.com/settings/organization/billing, then run the same "
+    "command again; the batches already graded are kept and the rest resume")
 
 
 @dataclass(frozen=True)
@@ -55,8 +65,10 @@ class ChatRequest:
     The first fields are the wire body (https://platform.openai.com/docs/api-reference/chat/create);
     fields left None are not sent. `planned_prompt_tokens` (the planner's estimate of the prompt)
     and `retry` (this request repeats an earlier one: a retry or a re-ask) are read by the rate
-    pacing and the retry budget; `on_send` runs right before the HTTP request leaves, after any
-    wait for a slot or the rate (the batch renews its lease and counts the attempt there).
+    pacing and the retry budget; `expected_output_tokens` (visible and reasoning, for the
+    students asked; 0: unknown) sizes the request's timeout; `on_send` runs right before the
+    HTTP request leaves, after any wait for a slot or the rate (the batch renews its lease and
+    counts the attempt there).
     """
 
     model: str
@@ -68,6 +80,7 @@ class ChatRequest:
     service_tier: str | None = None
     planned_prompt_tokens: int = 0
     retry: bool = False
+    expected_output_tokens: int = 0
     on_send: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -155,7 +168,32 @@ def make_openai_client(*, api_key: str | None = None, base_url: str | None = Non
     return client
 
 
+def openai_duration_s(text: str) -> float | None:
+    """Seconds in a duration as OpenAI writes `x-ratelimit-reset-*` ("20ms", "1.2s", "6m0s",
+    "1h2m3s"; https://platform.openai.com/docs/guides/rate-limits); None when unreadable."""
+    match = _DURATION.match(text.strip())
+    if match is None or not any(match.groups()):
+        return None
+    hours, minutes, secs, ms = match.groups()
+    return (int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
+            + float(ms or 0) / 1000.0)
+
+
+def _reset_wait(headers: Mapping[str, str]) -> float | None:
+    """The wait a 429 without `retry-after` implies: the `x-ratelimit-reset-*` of the exhausted
+    bucket (remaining 0), else the longest reset stated; None without reset headers."""
+    resets = {dim: wait for dim in ("requests", "tokens")
+              if (raw := headers.get(f"x-ratelimit-reset-{dim}")) is not None
+              and (wait := openai_duration_s(raw)) is not None}
+    if not resets:
+        return None
+    exhausted = [wait for dim, wait in resets.items()
+                 if headers.get(f"x-ratelimit-remaining-{dim}") == "0"]
+    return max(exhausted or resets.values())
+
+
 def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait after a 429: `retry-after-ms`, `retry-after`, else the reset headers."""
     for name in ("retry-after-ms", "retry-after"):
         value = headers.get(name)
         if value is None:
@@ -165,7 +203,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         except ValueError:
             continue
         return seconds / 1000.0 if name.endswith("-ms") else seconds
-    return None
+    return _reset_wait(headers)
 
 
 def _error_detail(exc: openai.APIStatusError) -> str:
@@ -177,18 +215,27 @@ def _error_detail(exc: openai.APIStatusError) -> str:
     return str(exc.message)[:_DETAIL_FROM_PROVIDER]
 
 
-#: HTTP status → qbq error, first match wins. The choice follows the SDK's own retry rule
-#: (`openai._base_client.BaseClient._should_retry`, and
-#: https://platform.openai.com/docs/guides/error-codes): 408 (request timeout) and 409 (lock
-#: timeout) are transient like 5xx; 429 pauses every sender; other 4xx mean our request is
-#: wrong and are not retried. An `x-should-retry: true|false` header overrides transience
-#: either way, as it does in the SDK.
-STATUS_RULES: tuple[tuple[Callable[[int], bool], type[ProviderError], str], ...] = (
-    (lambda code: code == 429, RateLimitedError, "rate limited"),
-    (lambda code: code == 408, ProviderTimeoutError, "the provider timed out (408)"),
-    (lambda code: code == 409, ProviderUnavailableError, "the provider was busy (409)"),
-    (lambda code: code >= 500, ProviderUnavailableError, "provider error"),
-    (lambda code: True, ProviderRequestError, "request refused"),
+#: The error `code` of flex's capacity 429 (https://platform.openai.com/docs/guides/flex-processing):
+#: retried with backoff, never paced as a rate limit.
+FLEX_UNAVAILABLE_CODE = "resource_unavailable"
+
+
+#: (HTTP status, body's `error.code`) → qbq error, first match wins. The choice follows the
+#: SDK's own retry rule (`openai._base_client.BaseClient._should_retry`, and
+#: https://platform.openai.com/docs/guides/error-codes): a 429 `insufficient_quota` (no credit)
+#: stops the run; other 429s pause every sender; 408 (request timeout) and 409 (lock timeout)
+#: are transient like 5xx; other 4xx mean our request is wrong and are not retried. An
+#: `x-should-retry: true|false` header overrides transience either way, as in the SDK.
+STATUS_RULES: tuple[tuple[Callable[[int, str | None], bool], type[ProviderError], str], ...] = (
+    (lambda code, kind: code == 429 and kind == "insufficient_quota", QuotaExhaustedError,
+     QUOTA_MESSAGE),
+    (lambda code, kind: code == 429 and kind == FLEX_UNAVAILABLE_CODE, FlexUnavailableError,
+     "flex capacity unavailable"),
+    (lambda code, kind: code == 429, RateLimitedError, "rate limited"),
+    (lambda code, kind: code == 408, ProviderTimeoutError, "the provider timed out (408)"),
+    (lambda code, kind: code == 409, ProviderUnavailableError, "the provider was busy (409)"),
+    (lambda code, kind: code >= 500, ProviderUnavailableError, "provider error"),
+    (lambda code, kind: True, ProviderRequestError, "request refused"),
 )
 
 
@@ -206,17 +253,12 @@ def content_param(param: str | None) -> bool:
     return param is None or param.startswith(("messages", "response_format"))
 
 
-#: The error `code` of flex's capacity 429 (https://platform.openai.com/docs/guides/flex-processing):
-#: retried with backoff, never paced as a rate limit.
-FLEX_UNAVAILABLE_CODE = "resource_unavailable"
-
-
 def _status_error(exc: openai.APIStatusError) -> ProviderError:
     code, detail, headers = exc.status_code, _error_detail(exc), exc.response.headers
-    if code == 429 and _error_field(exc, "code") == FLEX_UNAVAILABLE_CODE:
-        return FlexUnavailableError(f"flex capacity unavailable (429): {detail}", status_code=429)
-    kind, label = next((kind, label) for match, kind, label in STATUS_RULES if match(code))
-    message = f"{label} ({code}): {detail}"
+    error_code = _error_field(exc, "code")
+    kind, label = next((kind, label) for match, kind, label in STATUS_RULES
+                       if match(code, error_code))
+    message = label if kind is QuotaExhaustedError else f"{label} ({code}): {detail}"
     error: ProviderError
     if kind is RateLimitedError:
         error = RateLimitedError(message, retry_after=_retry_after(headers))
@@ -224,7 +266,7 @@ def _status_error(exc: openai.APIStatusError) -> ProviderError:
         param = _error_field(exc, "param")
         content = code == 400 and content_param(param)
         error = (ProviderContentError if content else ProviderRequestError)(
-            message, status_code=code, param=param, code=_error_field(exc, "code"))
+            message, status_code=code, param=param, code=error_code)
     else:
         error = kind(message, status_code=code)
     should_retry = headers.get("x-should-retry")
@@ -233,9 +275,15 @@ def _status_error(exc: openai.APIStatusError) -> ProviderError:
     return error
 
 
-def translate_error(exc: openai.OpenAIError) -> ProviderError:
-    """Map an SDK exception to qbq's error tree (by type and status code, never by text)."""
+def translate_error(exc: openai.OpenAIError, *, timeout_s: float | None = None) -> ProviderError:
+    """Map an SDK exception to qbq's error tree (by type and status code, never by text).
+
+    A client-side timeout is a `ReplyTimeoutError` when the request had its own timeout
+    (`timeout_s`, sized to its output), else a plain `ProviderTimeoutError`.
+    """
     if isinstance(exc, openai.APITimeoutError):
+        if timeout_s is not None:
+            return ReplyTimeoutError(f"no answer within this request's {timeout_s:.0f} s")
         return ProviderTimeoutError("the model request timed out")
     if isinstance(exc, openai.APIConnectionError):
         return ProviderConnectionError(f"connection to the provider failed: {exc.message}")
@@ -269,15 +317,34 @@ def chat_reply(completion: ChatCompletion, *, simulated: bool, latency_ms: float
 
 
 class OpenAIChatProvider:
-    """Chat Completions with strict structured output, through an injected SDK client."""
+    """Chat Completions with strict structured output, through an injected SDK client.
 
-    def __init__(self, client: openai.OpenAI) -> None:
+    With `output_tokens_per_s` each request's timeout is sized to its work:
+    `timeout_base_s` + `request.expected_output_tokens` / `output_tokens_per_s` seconds, so a
+    big batch is not cut off by a timeout made for a small one (and a small one does not wait
+    as long as a big one may take). Without it the client's own timeout applies.
+    """
+
+    def __init__(self, client: openai.OpenAI, *, timeout_base_s: float = 120.0,
+                 output_tokens_per_s: float | None = None) -> None:
         self._client = client
+        self.timeout_base_s = timeout_base_s
+        self.output_tokens_per_s = output_tokens_per_s
+
+    def timeout_for(self, request: ChatRequest) -> float | None:
+        """Seconds this request may take (None: the client's timeout)."""
+        if self.output_tokens_per_s is None:
+            return None
+        return self.timeout_base_s + request.expected_output_tokens / self.output_tokens_per_s
 
     def complete(self, request: ChatRequest) -> ChatReply:
         """Send `request` once; see `ChatProvider`."""
         if request.on_send is not None:
             request.on_send()
+        timeout_s = self.timeout_for(request)
+        options: dict[str, Any] = {"headers": {RAW_RESPONSE_HEADER: "true"}}
+        if timeout_s is not None:
+            options["timeout"] = timeout_s
         start = time.perf_counter()
         try:
             # The SDK's own POST, without `create()`'s per-call walk of the messages through its
@@ -285,12 +352,12 @@ class OpenAIChatProvider:
             # plain JSON built by qbq.prompts. Auth, errors and response parsing are the SDK's.
             raw = cast(Any, self._client.post(
                 "/chat/completions", body=request.body(), cast_to=ChatCompletion,
-                options={"headers": {RAW_RESPONSE_HEADER: "true"}}))
+                options=cast(Any, options)))
             completion = raw.parse()  # a LegacyAPIResponse[ChatCompletion], as with_raw_response
         except openai.APIResponseValidationError as exc:
             raise ResponseShapeError("the provider's answer is not a chat completion") from exc
         except openai.OpenAIError as exc:
-            raise translate_error(exc) from exc
+            raise translate_error(exc, timeout_s=timeout_s) from exc
         latency_ms = (time.perf_counter() - start) * 1000.0
         return chat_reply(
             completion, simulated=raw.headers.get("x-qbq-simulated") == "true",

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from qbq.errors import ProviderDownError, RetryBudgetExhaustedError
+from qbq.errors import ProviderDownError, QuotaExhaustedError, RetryBudgetExhaustedError
 
 __all__ = ["BatchSizeHint", "CircuitBreaker", "RetryBudget", "RunGuards"]
 
@@ -22,7 +22,8 @@ class CircuitBreaker:
     Open: senders wait out the cool-down (and `on_open` pauses the shared limiter, so other
     processes wait too). Then one probe goes through (half-open): success closes the breaker,
     failure re-opens it with the cool-down doubled. An outage longer than `give_up_after_s`
-    raises `ProviderDownError` instead of burning more retries.
+    raises `ProviderDownError` instead of burning more retries. `stop(error)` (the account is
+    out of credit) makes every later call raise a `QuotaExhaustedError` without waiting.
     """
 
     def __init__(self, *, threshold: int, cooldown_s: float, give_up_after_s: float,
@@ -43,11 +44,22 @@ class CircuitBreaker:
         self._outage_start: float | None = None
         self._current_cooldown = cooldown_s
         self._probe_in_flight = False
+        self._stopped: QuotaExhaustedError | None = None
+
+    def stop(self, error: QuotaExhaustedError) -> None:
+        """No call of this run may reach the provider any more: each raises `error` again."""
+        with self._cond:
+            self._stopped = error
+            self._cond.notify_all()
 
     def before_call(self) -> None:
-        """Wait while open; raise `ProviderDownError` once the outage outlasts the limit."""
+        """Wait while open; raise `ProviderDownError` once the outage outlasts the limit, or
+        the stopping `QuotaExhaustedError` once stopped."""
         while True:
             with self._cond:
+                if self._stopped is not None:
+                    raise QuotaExhaustedError(self._stopped.message,
+                                              status_code=self._stopped.status_code)
                 now = self._clock()
                 if self.state == "closed":
                     return

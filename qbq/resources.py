@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qbq.backoff import full_jitter
+from qbq.backoff import floored_backoff
 from qbq.batch_api import OpenAIBatchAPI
 from qbq.errors import ConfigurationError
 from qbq.grading import GradingDeps
@@ -41,16 +41,12 @@ from qbq.recovery import BatchSizeHint, CircuitBreaker, RetryBudget, RunGuards
 from qbq.settings import GradingPolicy, QbqSettings
 from qbq.store import Store
 
-__all__ = ["MISSING_LIMITS", "RunRef", "RunResources", "check_provider_settings",
+__all__ = ["RunRef", "RunResources", "check_provider_settings",
            "delivery_resources", "make_delivery_client", "make_limiter", "make_provider",
            "open_store", "resources_for", "run_resources", "store_fingerprint"]
 
-MISSING_LIMITS = (
-    "rate limits are not set: QBQ_RPM and QBQ_TPM must hold this API key's requests and tokens "
-    "per minute for the model (OpenAI dashboard → Limits), or the OpenAIProvider block's rpm/tpm. "
-    "A missing limit never means unthrottled; to grade without limits against a local simulator, "
-    "set QBQ_UNTHROTTLED=true."
-)
+#: Seconds beyond the request timeout that the other senders wait for a limit probe's reply.
+_PROBE_GRACE_S = 10.0
 
 # --- process-wide keyed helpers --------------------------------------------------------------------
 
@@ -108,7 +104,8 @@ def make_provider(settings: QbqSettings, mode: Mode = "sync") -> OpenAIChatProvi
                                 organization=settings.openai_organization,
                                 timeout_s=timeout_s,
                                 loopback_only=settings.loopback_only)
-    return OpenAIChatProvider(client)
+    return OpenAIChatProvider(client, timeout_base_s=settings.request_timeout_s,
+                              output_tokens_per_s=settings.output_tokens_per_s)
 
 
 def make_batch_api(settings: QbqSettings) -> OpenAIBatchAPI:
@@ -121,14 +118,19 @@ def make_batch_api(settings: QbqSettings) -> OpenAIBatchAPI:
 
 def make_limiter(settings: QbqSettings) -> RateLimiter | None:
     """The limiter shared by every sender of this API key; None only when explicitly
-    unthrottled. Raises `ConfigurationError` when the limits are missing."""
+    unthrottled. With `QBQ_RPM` and `QBQ_TPM` it paces at them; with neither it learns the
+    key's limits from the provider's `x-ratelimit-limit-*` headers (`qbq.limiter`). Raises
+    `ConfigurationError` when only one of the two is set."""
     if settings.unthrottled:
         return None
-    if settings.rpm is None or settings.tpm is None:
-        raise ConfigurationError(MISSING_LIMITS)
+    if (settings.rpm is None) != (settings.tpm is None):
+        raise ConfigurationError(
+            "set both QBQ_RPM and QBQ_TPM (the key's requests and tokens per minute), or "
+            "neither to use the limits the provider states in its x-ratelimit-limit-* headers")
     folder = str(Path(settings.limiter_dir).expanduser())
     backend_key = (settings.limiter_backend, settings.limiter_url, folder)
-    limits = Limits(settings.rpm, settings.tpm, burst_s=settings.limiter_burst_s)
+    limits = (Limits(settings.rpm, settings.tpm, burst_s=settings.limiter_burst_s)
+              if settings.rpm is not None and settings.tpm is not None else None)
     key = key_id(*_api_identity(settings))
     with _lock:  # one instance per key and limits, so a process's threads share group commits
         backend = _backends.get(backend_key)
@@ -136,8 +138,10 @@ def make_limiter(settings: QbqSettings) -> RateLimiter | None:
             backend = make_backend(settings.limiter_backend, url=settings.limiter_url,
                                    folder=Path(folder))
             _backends[backend_key] = backend
-        return _limiters.setdefault((backend_key, limits, key),
-                                    RateLimiter(backend, limits, key))
+        return _limiters.setdefault(
+            (backend_key, limits, settings.limiter_burst_s, key),
+            RateLimiter(backend, limits, key, burst_s=settings.limiter_burst_s,
+                        probe_timeout_s=settings.request_timeout_s + _PROBE_GRACE_S))
 
 
 def make_delivery_client(settings: QbqSettings) -> HttpClient:
@@ -229,8 +233,8 @@ class RunResources:
         provider = guarded_provider(
             raw, budget=guards.budget, breaker=guards.breaker,
             slots=_in_flight_slots(settings.max_in_flight), limiter=limiter,
-            fallback_pause_s=lambda: full_jitter(1, base_s=policy.backoff_base_s,
-                                                 max_s=policy.backoff_max_s, rng=rng))
+            fallback_pause_s=lambda n: floored_backoff(n, floor_s=policy.rate_limit_pause_s,
+                                                       max_s=policy.backoff_max_s, rng=rng))
         return cls(ref, store, provider, limiter, guards, make_delivery_client(settings), raw)
 
     def grading_deps(self) -> GradingDeps:

@@ -70,6 +70,11 @@ class GradingPolicy(BaseSettings):
         1.0, ge=0.0, description="First retry delay; doubles each attempt, with full jitter."
     )
     backoff_max_s: float = Field(60.0, ge=0.0, description="Longest retry delay.")
+    rate_limit_pause_s: float = Field(
+        2.0, gt=0.0, description="A 429 that states no wait (no retry-after, no "
+        "x-ratelimit-reset-*) pauses every sender at least this long (seconds), doubling for "
+        "each such 429 in a row up to QBQ_BACKOFF_MAX_S: 4 attempts take ≥ 14 s, never a second.",
+    )
     breaker_threshold: int = Field(
         5, ge=1, description="Provider failures in a row that open the circuit breaker."
     )
@@ -180,11 +185,12 @@ class QbqSettings(BaseSettings):
     openai_organization: str | None = Field(None, description="OpenAI organization id.")
     rpm: int | None = Field(
         None, gt=0, description="Requests per minute allowed for this API key (shared by all "
-        "workers). Required to grade: a missing limit never means unthrottled."
+        "workers). None (with QBQ_TPM None): the limits the provider states in its "
+        "x-ratelimit-limit-* headers, learned from the first reply."
     )
     tpm: int | None = Field(
         None, gt=0, description="Tokens per minute allowed for this API key (prompt tokens + "
-        "max_completion_tokens are charged up front, as OpenAI does)."
+        "max_completion_tokens are charged up front, as OpenAI does). None: learned, as QBQ_RPM."
     )
     unthrottled: bool = Field(
         False, description="Grade without rate limits (only sensible against a local simulator)."
@@ -217,7 +223,16 @@ class QbqSettings(BaseSettings):
         "latency × the allowed request rate is larger; the limiter still paces the rate)."
     )
     request_timeout_s: float = Field(
-        120.0, gt=0, description="Timeout of one model request, in seconds."
+        120.0, gt=0, description="Fixed part of a model request's timeout, in seconds (reading "
+        "the prompt, queueing); the time its expected output takes at QBQ_OUTPUT_TOKENS_PER_S "
+        "is added."
+    )
+    output_tokens_per_s: float = Field(
+        20.0, gt=0, description="The slowest output speed expected from the provider, tokens "
+        "per second, visible and reasoning tokens alike; sizes each request's timeout. OpenAI "
+        "publishes no speed (latency is 'mostly the model and the number of tokens generated', "
+        "https://platform.openai.com/docs/guides/latency-optimization): 20 is a deliberately "
+        "slow assumption; raise it when replies come faster, lower it when they time out.",
     )
     flex_timeout_s: float = Field(
         900.0, gt=0, description="Timeout of one model request in flex mode, in seconds (flex "

@@ -84,7 +84,8 @@ def grade_batch_task(batch: PlannedBatch, prepared: Prepared, run: RunRef) -> Ba
     A batch that ends with ungraded students raises, so Prefect marks it failed and never
     caches it: the next run of the same request grades it again. Its details are in the store.
     """
-    outcome = grade_batch(batch, prepared.request, resources_for(run).grading_deps())
+    outcome = grade_batch(batch, prepared.request, resources_for(run).grading_deps(),
+                          prepared.plan)
     if outcome.status != "succeeded":
         raise GradingFailedError(
             f"batch {batch.index}: {outcome.n_students - outcome.n_graded} of "

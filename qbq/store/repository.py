@@ -48,6 +48,7 @@ __all__ = [
     "list_outbox",
     "mark_delivered",
     "mark_delivery_failed",
+    "observed_reasoning_per_student",
     "pending_outbox",
     "purge_raw_responses",
     "record_attempt_error",
@@ -262,6 +263,19 @@ def get_batches(session: Session, keys: Sequence[str]) -> dict[str, BatchRow]:
         stmt = select(BatchRow).where(BatchRow.idempotency_key.in_(chunk))
         found.update((b.idempotency_key, b) for b in session.scalars(_fresh(stmt)))
     return found
+
+
+def observed_reasoning_per_student(session: Session, process_id: str) -> float | None:
+    """Reasoning tokens per student over the process's succeeded batches that reported any
+    (every attempt of a batch counted, so re-asks make it err high); None before the first."""
+    rows = session.execute(
+        select(BatchRow.reasoning_tokens, BatchRow.student_refs).where(
+            BatchRow.process_id == process_id, BatchRow.status == "succeeded",
+            BatchRow.reasoning_tokens.is_not(None))).all()
+    students = sum(len(refs) for _, refs in rows)
+    if not students:
+        return None
+    return sum(tokens or 0 for tokens, _ in rows) / students
 
 
 def record_batch_success(

@@ -131,11 +131,13 @@ class FakeRun:
 def fake_run(store: Store, provider: ChatProvider, clock: FakeClock, *,
              policy: GradingPolicy | None = None, max_retries: int = 50,
              breaker_threshold: int = 5, give_up_after_s: float = 300.0,
-             limiter: RateLimiter | None = None) -> FakeRun:
+             limiter: RateLimiter | None = None,
+             fallback_pause_s: Callable[[int], float] = lambda n: 0.5) -> FakeRun:
     """Grading deps over `provider` inside the real guards, on `clock`'s time.
 
     The breaker's cool-downs (10 s) and the backoffs sleep on `clock`; the budget allows
-    `max_retries` retries and unlimited tokens; a 429 without `retry-after` pauses 0.5 s.
+    `max_retries` retries and unlimited tokens; the n-th 429 in a row that states no wait
+    pauses `fallback_pause_s(n)` seconds (0.5 unless given).
     """
     policy = policy or GradingPolicy(backoff_base_s=1.0)
     guards = RunGuards(
@@ -146,7 +148,8 @@ def fake_run(store: Store, provider: ChatProvider, clock: FakeClock, *,
         budget=RetryBudget(max_retries=max_retries, max_tokens=10**12),
         size_hint=BatchSizeHint())
     guarded = guarded_provider(provider, budget=guards.budget, breaker=guards.breaker,
-                               slots=None, limiter=limiter, fallback_pause_s=lambda: 0.5)
+                               slots=None, limiter=limiter,
+                               fallback_pause_s=fallback_pause_s)
     deps = GradingDeps(provider=guarded, store=store, policy=policy, size_hint=guards.size_hint,
                        sleep=clock.sleep, rng=random.Random(0))
     return FakeRun(deps, guards)

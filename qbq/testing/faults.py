@@ -68,7 +68,8 @@ def run_one(sim: BackgroundServer, request: Path, work: Path, kind: str, rate: f
     run_id = f"{kind}-{rate}-{pol.max_students_per_batch}-{time.monotonic_ns()}"
     # a key of its own per run: the shared limiter's pauses never carry into the next run
     settings = QbqSettings(database_url=f"sqlite:///{work / run_id}.db",
-                           request_timeout_s=1.0, rpm=100_000, tpm=10**9, max_in_flight=8,
+                           request_timeout_s=1.0, output_tokens_per_s=1e9,  # 1 s in all
+                           rpm=100_000, tpm=10**9, max_in_flight=8,
                            limiter_backend="memory", openai_base_url=f"{sim.url}/v1",
                            openai_api_key=f"sk-faults-simulated-{run_id}", loopback_only=True)
     prepared = prepare(request, settings=settings, policy=pol)

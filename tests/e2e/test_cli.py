@@ -147,15 +147,16 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "the receiver holds exactly one payload" in out
 
 
-def test_missing_rate_limits_fail_loudly(sample: Path, tmp_path: Path,
-                                         simulator: BackgroundServer) -> None:
+def test_half_set_rate_limits_fail_loudly(sample: Path, tmp_path: Path,
+                                          simulator: BackgroundServer) -> None:
+    """Both limits, or neither (then the provider's stated limits are used): one alone is a
+    configuration error before any model call."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QBQ_RPM", "QBQ_TPM"))}
-    env.update({"OPENAI_BASE_URL": f"{simulator.url}/v1",
+    env.update({"OPENAI_BASE_URL": f"{simulator.url}/v1", "QBQ_RPM": "500",
                 "QBQ_DATABASE_URL": f"sqlite:///{tmp_path / 'q.db'}"})
     httpx.post(f"{simulator.url}/_sim/reset", timeout=10)
     result = subprocess.run([*QBQ, "grade", str(sample)], capture_output=True, text=True,
                             env=env, timeout=120, check=False)
     assert result.returncode == 2
-    assert "QBQ_RPM and QBQ_TPM" in " ".join(result.stderr.split())
-    assert "never means unthrottled" in " ".join(result.stderr.split())
+    assert "set both QBQ_RPM and QBQ_TPM" in " ".join(result.stderr.split())
     assert httpx.get(f"{simulator.url}/_sim/stats", timeout=10).json()["requests"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 
 from qbq import pipeline
+from qbq.backoff import floored_backoff
+from qbq.catalog import get_model_spec
 from qbq.domain import Student
 from qbq.errors import (
     ImageError,
@@ -20,8 +23,10 @@ from qbq.errors import (
     ProviderRequestError,
     ProviderTimeoutError,
     ProviderUnavailableError,
+    QuotaExhaustedError,
     RateLimitedError,
     RefusalError,
+    ReplyTimeoutError,
     ResponseShapeError,
     RetryBudgetExhaustedError,
     TruncatedResponseError,
@@ -39,8 +44,9 @@ from qbq.grading import (
     grade_batch,
 )
 from qbq.limiter import Limits, MemoryBackend, RateLimiter
+from qbq.planning import plan_batches
 from qbq.preparation import Prepared, prepare
-from qbq.provider import ChatReply, ChatRequest
+from qbq.provider import QUOTA_MESSAGE, ChatReply, ChatRequest
 from qbq.sample import write_sample
 from qbq.settings import GradingPolicy, QbqSettings
 from qbq.store import Store, list_attempt_errors
@@ -53,6 +59,7 @@ from qbq.testing.fakes import (
     reply,
     request_refs,
 )
+from qbq.usage import Usage
 
 
 @pytest.fixture(scope="module")
@@ -433,3 +440,139 @@ def test_a_group_that_keeps_timing_out_is_split_after_its_retries(
     assert result["failures"][bad]["error_type"] == "ProviderTimeoutError"
     # each group holding the slow student is tried max_attempts times, then halved
     assert [len(c) for c in provider.refs_per_call] == [6, 6, 3, 3, 2, 2, 1, 1, 1, 1, 3]
+
+
+def test_a_429_storm_without_any_stated_wait_cannot_spend_the_attempts_in_a_second(
+        setup: tuple[Prepared, Store]) -> None:
+    """429s with neither retry-after nor reset headers: every sender pauses at least the
+    floor, doubling, so three in a row wait ≥ 2 + 4 + 8 s before the fourth attempt."""
+    prepared, store = setup
+    clock = FakeClock()
+    limiter = RateLimiter(MemoryBackend(), Limits(rpm=10_000, tpm=10**9), "k", sleep=clock.sleep)
+    storm = RateLimitedError("rate limited (429): slow down", retry_after=None)
+    provider = ScriptedProvider(qnums(prepared), [lambda r, m: storm] * 3)
+    rng = random.Random(0)
+    run = fake_run(store, provider, clock, limiter=limiter,
+                   fallback_pause_s=lambda n: floored_backoff(n, floor_s=2.0, max_s=60.0,
+                                                              rng=rng))
+
+    outcome = grade_batch(prepared.plan.batches[0], prepared.request, run.deps)
+
+    assert outcome.status == "succeeded" and len(provider.calls) == 4
+    pauses = [s for s in clock.slept if s > 0.1]
+    assert len(pauses) == 3
+    assert all(p >= floor - 0.1 for p, floor in zip(pauses, (2, 4, 8), strict=True))
+
+
+def test_insufficient_quota_stops_the_run_at_once_and_a_rerun_resumes(
+        prepared: Prepared) -> None:
+    prepared = dataclasses.replace(prepared, plan=plan_batches(
+        prepared.request, GradingPolicy(max_students_per_batch=2)))
+    assert len(prepared.plan.batches) == 3
+    store = memory_store()
+    pipeline.register(store, prepared, QbqSettings(database_url="sqlite://"))
+    provider = ScriptedProvider(qnums(prepared), [
+        lambda r, m: QuotaExhaustedError(QUOTA_MESSAGE, status_code=429)])
+    run = fake_run(store, provider, FakeClock())
+
+    outcomes = [grade_batch(b, prepared.request, run.deps) for b in prepared.plan.batches]
+
+    assert len(provider.calls) == 1  # the first refusal stops every later request of the run
+    assert run.guards.budget.retries == 0
+    assert [o.status for o in outcomes] == ["failed"] * 3
+    assert {o.error_type for o in outcomes} == {"QuotaExhaustedError"}
+    reasons = {f["reason"] for b in prepared.plan.batches
+               for f in stored(store, b.idempotency_key).result["failures"].values()}
+    assert len(reasons) == 1 and "add credit" in reasons.pop()
+
+    # credit added: the same store, a new run grades every student, nothing was lost
+    again = ScriptedProvider(qnums(prepared))
+    rerun = [grade_batch(b, prepared.request, fake_run(store, again, FakeClock()).deps)
+             for b in prepared.plan.batches]
+    assert [o.status for o in rerun] == ["succeeded"] * 3
+    assert sum(o.n_graded for o in rerun) == 6
+
+
+def test_a_reply_too_slow_splits_the_batch_and_the_smaller_size_is_remembered(
+        setup: tuple[Prepared, Store]) -> None:
+    """A request that outlasts its own timeout (sized to its output) is split like a truncated
+    one; the halves' timeouts follow their own, smaller expected output."""
+    prepared, store = setup
+    q = qnums(prepared)
+
+    def slow_if_big(refs: list[str], _m: ChatRequest) -> ChatReply | ReplyTimeoutError:
+        if len(refs) > 3:
+            return ReplyTimeoutError("no answer within this request's 200 s")
+        return reply(json.dumps(answers(refs, q)))
+
+    provider = ScriptedProvider(q, [slow_if_big] * 20)
+    run = fake_run(store, provider, FakeClock())
+    batch = prepared.plan.batches[0]
+
+    outcome = grade_batch(batch, prepared.request, run.deps)
+
+    assert outcome.status == "succeeded" and outcome.n_graded == 6
+    assert [len(refs) for refs in provider.refs_per_call] == [6, 3, 3]
+    assert run.deps.size_hint.get() == 3
+    assert run.guards.budget.retries == 2  # the halves are retries of the batch
+    expected = [r.expected_output_tokens for r in provider.calls]
+    assert expected[0] == batch.expected_output_tokens + batch.expected_reasoning_tokens
+    assert expected[1] == expected[2] == -(-expected[0] // 2)
+
+
+def test_later_batches_size_their_reasoning_allowance_from_what_the_run_observed(
+        prepared: Prepared) -> None:
+    """gpt-5-mini at effort medium: the first batch is sent with the planned allowance and the
+    effort; once the store holds its reasoning tokens, the next batch reserves from those."""
+    request = dataclasses.replace(prepared.request, model="gpt-5-mini",
+                                  spec=get_model_spec("gpt-5-mini"))
+    policy = GradingPolicy(reasoning_effort="medium", max_students_per_batch=3,
+                           reasoning_min_completion_tokens=0)
+    plan = plan_batches(request, policy)
+    assert len(plan.batches) == 2
+    store = memory_store()
+    pipeline.register(store, Prepared(request, plan), QbqSettings(database_url="sqlite://"))
+    q = qnums(prepared)
+
+    def reasoned(refs: list[str], _m: ChatRequest) -> ChatReply:
+        spent = Usage(replies=1, prompt_tokens=900, completion_tokens=1000 + 100 * len(refs),
+                      reasoning_tokens=100 * len(refs))
+        return reply(json.dumps(answers(refs, q)), usage=spent)
+
+    provider = ScriptedProvider(q, [reasoned] * 2)
+    deps = fake_run(store, provider, FakeClock(), policy=policy).deps
+    first, second = plan.batches
+
+    for batch in plan.batches:
+        assert grade_batch(batch, request, deps, plan).status == "succeeded"
+
+    assert [c.reasoning_effort for c in provider.calls] == ["medium", "medium"]
+    assert provider.calls[0].max_completion_tokens == first.max_completion_tokens
+    observed = plan.completion_tokens_for(second, observed_reasoning_per_student=100.0,
+                                          policy=policy)
+    assert provider.calls[1].max_completion_tokens == observed
+    assert observed < second.max_completion_tokens  # 100 observed, 1,024 a student planned
+    assert stored(store, first.idempotency_key).reasoning_tokens == 300
+
+
+def test_a_batch_over_the_learned_token_limit_is_split_before_it_is_sent(
+        setup: tuple[Prepared, Store]) -> None:
+    """The plan knew no TPM (none configured); the provider then stated one smaller than the
+    batch: the batch is split without sending it, and no provider failure is counted."""
+    prepared, store = setup
+    batch = prepared.plan.batches[0]
+    full = batch.prompt_tokens + batch.max_completion_tokens
+    half = batch.prompt_tokens_for(set(batch.refs[:3])) + batch.max_completion_tokens
+    assert half < full
+    clock = FakeClock()
+    limiter = RateLimiter(MemoryBackend(), None, "k", sleep=clock.sleep)
+    limiter.settle(limiter.acquire(1), 1, {"x-ratelimit-limit-requests": "10000",
+                                           "x-ratelimit-limit-tokens": str(half)})
+    provider = ScriptedProvider(qnums(prepared))
+    run = fake_run(store, provider, clock, limiter=limiter)
+
+    outcome = grade_batch(batch, prepared.request, run.deps)
+
+    assert outcome.status == "succeeded" and outcome.n_graded == 6
+    assert [len(refs) for refs in provider.refs_per_call] == [3, 3]  # the 6 were never sent
+    assert run.guards.breaker.failures == 0

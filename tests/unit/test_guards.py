@@ -87,7 +87,7 @@ def test_rate_pacing_reserves_the_request_and_settles_with_usage(monkeypatch: An
     monkeypatch.setattr(limiter, "acquire", lambda t: reserved.append(t) or real_acquire(t))
     monkeypatch.setattr(limiter, "settle", lambda r, c, h: settled.append(c) or real_settle(r, c, h))
 
-    RatePaced(Provider(), limiter, lambda: 0.5).complete(request(prompt=1000, max_tokens=500))
+    RatePaced(Provider(), limiter, lambda n: 0.5).complete(request(prompt=1000, max_tokens=500))
 
     assert reserved == [1500]  # planned prompt + max_completion_tokens, charged up front
     assert settled == [800 + 500]  # the real prompt + max_completion_tokens
@@ -96,14 +96,14 @@ def test_rate_pacing_reserves_the_request_and_settles_with_usage(monkeypatch: An
 def test_a_429_pauses_every_sender_for_retry_after_or_the_fallback() -> None:
     clock = FakeClock()
     limiter = _limiter(clock)
-    paced = RatePaced(Provider([RateLimitedError("429", retry_after=7.5)]), limiter, lambda: 0.5)
+    paced = RatePaced(Provider([RateLimitedError("429", retry_after=7.5)]), limiter, lambda n: 0.5)
     with pytest.raises(RateLimitedError):
         paced.complete(request())
     assert 7.0 < limiter.paused_for() <= 7.5
 
     other = _limiter(clock)
     with pytest.raises(RateLimitedError):
-        RatePaced(Provider([RateLimitedError("429")]), other, lambda: 0.5).complete(request())
+        RatePaced(Provider([RateLimitedError("429")]), other, lambda n: 0.5).complete(request())
     assert 0.0 < other.paused_for() <= 0.5
 
 
@@ -156,7 +156,7 @@ def test_the_stack_refuses_a_retry_before_it_waits_for_anything() -> None:
     inner = Provider()
     stack = guarded_provider(inner, budget=RetryBudget(max_retries=0, max_tokens=0),
                              breaker=breaker, slots=threading.BoundedSemaphore(1),
-                             limiter=limiter, fallback_pause_s=lambda: 0.5)
+                             limiter=limiter, fallback_pause_s=lambda n: 0.5)
     stack.complete(request())
     with pytest.raises(RetryBudgetExhaustedError):
         stack.complete(request(retry=True))

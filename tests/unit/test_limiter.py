@@ -55,6 +55,14 @@ def test_equal_requests_are_paced_exactly_at_the_token_rate() -> None:
     assert all(abs(g - 0.5) < 1e-9 for g in gaps)
 
 
+def test_requests_worth_seconds_of_rate_go_back_to_back_at_the_full_rate() -> None:
+    """4,000-token requests on 1,000 tokens/s with a 1 s burst: one every 4 s, no idle gap
+    (waiting until the bucket could hold a whole request would space them 7 s apart)."""
+    limits = Limits(rpm=10_000, tpm=60_000)
+    starts = [s for s, _ in _schedule(limits, [(0.0, 4_000)] * 5)]
+    assert starts == pytest.approx([0.0, 4.0, 8.0, 12.0, 16.0])
+
+
 def test_request_rate_binds_when_tokens_are_plenty() -> None:
     limits = Limits(rpm=120, tpm=10_000_000)  # 2 requests/s
     starts = [s for s, _ in _schedule(limits, [(0.0, 10)] * 6)]
@@ -154,3 +162,78 @@ def test_a_429_pauses_every_sender_of_the_key(tmp_path: Path) -> None:
     other = RateLimiter(FileBackend(tmp_path), limits, "another-key", sleep=slept_a.append)
     other.acquire(100)
     assert slept_a == []  # another API key is not paused
+
+
+# --- limits learned from the provider's headers ----------------------------------------------
+
+STATED = {"x-ratelimit-limit-requests": "600", "x-ratelimit-limit-tokens": "60000"}
+
+
+def test_without_limits_one_probe_goes_first_and_its_headers_pace_every_sender(
+        tmp_path: Path) -> None:
+    """Two limiters on one file backend (two processes): the first request is a probe that
+    holds the other sender back; once its reply states the limits, both pace at them."""
+    slept_a: list[float] = []
+    slept_b: list[float] = []
+    a = RateLimiter(FileBackend(tmp_path), None, "key", sleep=slept_a.append, poll_s=0.01)
+    b = RateLimiter(FileBackend(tmp_path), None, "key", sleep=slept_b.append, poll_s=0.01)
+
+    probe = a.acquire(1_000)
+    assert probe.probe and probe.limits is None and slept_a == []
+
+    waits = 0
+
+    def settle_during_b_wait(seconds: float) -> None:
+        nonlocal waits
+        waits += 1
+        slept_b.append(seconds)
+        if waits == 3:  # the probe's reply arrives while b waits
+            a.settle(probe, 1_000, STATED)
+
+    b._sleep = settle_during_b_wait
+    paced = b.acquire(1_000)
+
+    assert waits >= 3  # b waited for the probe rather than sending blind
+    assert not paced.probe
+    assert paced.limits == Limits(rpm=600, tpm=60_000)
+    # 60,000 TPM = 1,000 tokens/s with a 1 s burst: the probe's 1,000 tokens filled the burst,
+    # so b's 1,000 tokens start about 1 s after the probe's reply
+    assert paced.start_at - probe.start_at == pytest.approx(1.0, abs=0.3)
+
+
+def test_learned_limits_follow_a_change_the_provider_states(tmp_path: Path) -> None:
+    limiter = RateLimiter(FileBackend(tmp_path), None, "key", sleep=lambda s: None)
+    limiter.settle(limiter.acquire(100), 100, STATED)
+    limiter.settle(limiter.acquire(100), 100, {"x-ratelimit-limit-requests": "60",
+                                                "x-ratelimit-limit-tokens": "6000"})
+    assert limiter.acquire(100).limits == Limits(rpm=60, tpm=6_000)
+
+
+def test_a_provider_without_limit_headers_leaves_the_key_unpaced_and_says_so_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    slept: list[float] = []
+    limiter = RateLimiter(FileBackend(tmp_path), None, "key", sleep=slept.append)
+    limiter.settle(limiter.acquire(10**9), None, {})
+    for _ in range(20):  # far beyond any burst: nothing waits
+        reservation = limiter.acquire(10**9)
+        assert reservation.limits is None and not reservation.probe
+        limiter.settle(reservation, None, {})
+    assert slept == []
+    said = [r for r in caplog.records if "QBQ_MAX_IN_FLIGHT alone" in r.getMessage()]
+    assert len(said) == 1
+
+
+def test_a_probe_without_a_reply_lets_the_next_sender_probe(tmp_path: Path) -> None:
+    limiter = RateLimiter(FileBackend(tmp_path), None, "key", sleep=lambda s: None)
+    first = limiter.acquire(100)
+    limiter.release(first)  # a 5xx or a timeout: no headers came
+    assert limiter.acquire(100).probe
+
+
+def test_explicit_limits_win_over_stated_ones() -> None:
+    limits = Limits(rpm=60, tpm=1_000_000)
+    limiter = RateLimiter(MemoryBackend(), limits, "k", sleep=lambda s: None)
+    reservation = limiter.acquire(10)
+    limiter.settle(reservation, 10, {"x-ratelimit-limit-requests": "100000",
+                                     "x-ratelimit-limit-tokens": "100000000"})
+    assert limiter.acquire(10).limits == limits

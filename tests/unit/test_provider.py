@@ -15,9 +15,10 @@ from qbq.errors import (
     ProviderRequestError,
     ProviderTimeoutError,
     ProviderUnavailableError,
+    QuotaExhaustedError,
     RateLimitedError,
 )
-from qbq.provider import ChatRequest, make_openai_client, translate_error
+from qbq.provider import ChatRequest, make_openai_client, openai_duration_s, translate_error
 
 URL = "http://127.0.0.1:9/v1/chat/completions"
 
@@ -115,3 +116,30 @@ def test_the_suite_runs_with_loopback_only_on() -> None:
     from qbq.settings import get_settings
 
     assert get_settings().loopback_only is True
+
+
+def test_insufficient_quota_is_its_own_error_never_retried() -> None:
+    request = httpx2.Request("POST", URL)
+    response = httpx2.Response(429, request=request)
+    body = {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                      "code": "insufficient_quota"}}
+    error = translate_error(openai.APIStatusError("Error code: 429", response=response, body=body))
+    assert type(error) is QuotaExhaustedError and not error.transient
+    assert "add credit" in error.message and "run the same command again" in error.message
+
+
+def test_a_429_without_retry_after_waits_for_the_exhausted_buckets_reset() -> None:
+    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s",
+               "x-ratelimit-remaining-tokens": "9000", "x-ratelimit-reset-tokens": "6m0s"}
+    assert translate_error(status_error(429, headers)).retry_after == 1.5  # type: ignore[attr-defined]
+    # no remaining counts (OpenAI's reset-only 429): the longest reset stated
+    resets = {"x-ratelimit-reset-requests": "20ms", "x-ratelimit-reset-tokens": "2.5s"}
+    assert translate_error(status_error(429, resets)).retry_after == 2.5  # type: ignore[attr-defined]
+    both = {"retry-after": "3", **headers}
+    assert translate_error(status_error(429, both)).retry_after == 3.0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("20ms", 0.02), ("1.2s", 1.2), ("6m0s", 360.0),
+                                               ("1h2m3s", 3723.0), ("0s", 0.0), ("soon", None)])
+def test_openai_durations(text: str, seconds: float | None) -> None:
+    assert openai_duration_s(text) == seconds
