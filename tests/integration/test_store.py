@@ -100,7 +100,8 @@ def store(
         s = Store(pg_session_url)
         with s.transaction() as session:
             session.execute(
-                text("TRUNCATE batch_attempts, outbox, batches, processes RESTART IDENTITY")
+                # CASCADE: every table that refers to these (batch jobs, ...) is emptied too
+                text("TRUNCATE batch_attempts, outbox, batches, processes RESTART IDENTITY CASCADE")
             )
     yield s
     s.dispose()
