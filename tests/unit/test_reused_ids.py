@@ -85,7 +85,6 @@ def test_qbq_grade_refuses_reused_ids_with_exit_2_before_any_model_call(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QBQ_DATABASE_URL", f"sqlite:///{tmp_path / 'qbq.db'}")
     monkeypatch.setenv("QBQ_OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens
-    monkeypatch.setenv("QBQ_UNTHROTTLED", "true")
     scans(tmp_path / "first", 0)
     scans(tmp_path / "second", 90)
     settings = QbqSettings()
