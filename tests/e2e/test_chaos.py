@@ -1,5 +1,6 @@
 """Short chaos run: SIGKILL `qbq grade` mid-flight, duplicate runs, the receiver down for a while;
-and two `qbq grade` processes at once, on one request or on two sharing the key's limits.
+two `qbq grade` processes at once, on one request or on two sharing the key's limits; a batch-mode
+run SIGKILLed while it waits.
 
 The full version is `python benchmarks/chaos.py --kills 50`.
 """
@@ -7,10 +8,13 @@ The full version is `python benchmarks/chaos.py --kills 50`.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -59,11 +63,18 @@ def _grade_env(tmp_path: Path, api_url: str, sim: BackgroundServer,
             **settings}
 
 
+def _grade(request: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "qbq", "grade", str(request)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _get(server: BackgroundServer, path: str) -> Any:
+    return httpx.get(f"{server.url}{path}", timeout=10).raise_for_status().json()
+
+
 def _grade_together(requests: list[Path], env: dict[str, str]) -> list[int]:
     """Start one `qbq grade` per request at the same moment; their exit codes."""
-    runs = [subprocess.Popen([sys.executable, "-m", "qbq", "grade", str(request)], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            for request in requests]
+    runs = [_grade(request, env) for request in requests]
     codes = []
     for run in runs:
         _, err = run.communicate(timeout=300)
@@ -139,3 +150,43 @@ def test_two_processes_on_two_requests_pace_together_at_the_limits_the_simulator
     by_assessment = {g["payload"]["assessment_id"]: g["payload"] for g in got["payloads"]}
     assert {name: _marks(p) for name, p in by_assessment.items()} == {
         "first": truth_of(requests[0]), "second": truth_of(requests[1])}
+
+
+def test_a_batch_mode_run_killed_while_it_waits_is_resumed_by_the_rerun(
+        tmp_path: Path, prefect_api: str) -> None:
+    """`qbq grade` in batch mode SIGKILLed once its Batch API job exists: the rerun finds the
+    stored batch id and collects that job, submitting nothing again and calling the
+    synchronous API for nothing."""
+    request = write_sample(tmp_path / "s", students=4, pages=1, questions=2, seed=23,
+                           page_size=(400, 560))
+    # The batch takes 6 s once created: the first run is still waiting when it is killed
+    # (within a poll of the batch's creation); the rerun's start-up overlaps the rest.
+    sim = SimConfig(batch_validation_s=1.0, batch_completion_s=4.0, batch_finalizing_s=1.0)
+    with BackgroundServer(create_app(sim)) as simulator, \
+            BackgroundServer(create_receiver(tmp_path / "r.db")) as receiver:
+        env = _grade_env(tmp_path, prefect_api, simulator, receiver, QBQ_MODE="batch",
+                         QBQ_MAX_STUDENTS_PER_BATCH="2", QBQ_BATCH_POLL_S="0.2",
+                         QBQ_BATCH_POLL_MAX_S="0.5")
+        first = _grade(request, env)
+        deadline = time.monotonic() + 120
+        while _get(simulator, "/_sim/stats")["batches"] < 1:
+            if first.poll() is not None or time.monotonic() > deadline:
+                first.kill()
+                pytest.fail(f"no batch submitted: {first.communicate()[1].decode()[-3000:]}")
+            time.sleep(0.1)
+        os.kill(first.pid, signal.SIGKILL)
+        _, first_err = first.communicate(timeout=30)
+        assert first.returncode == -signal.SIGKILL, first_err.decode()[-3000:]
+        assert _get(receiver, "/results")["payloads"] == []  # killed before it delivered
+
+        rerun = _grade(request, env)
+        _, err = rerun.communicate(timeout=300)
+        stats = _get(simulator, "/_sim/stats")
+        got = _get(receiver, "/results")
+
+    assert rerun.returncode == 0, err.decode()[-3000:]
+    assert (stats["batches"], stats["batch_requests"], stats["requests"]) == (1, 2, 0)
+    assert len(got["payloads"]) == 1
+    payload = got["payloads"][0]["payload"]
+    assert payload["summary"]["mode"] == "batch"
+    assert _marks(payload) == truth_of(request)
