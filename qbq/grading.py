@@ -359,8 +359,8 @@ class _BatchRun:
         the run's earlier batches spent (per student, from the store) once there is any."""
         if plan is None or self.effort in (None, "none"):
             return self.batch.max_completion_tokens
-        with self.deps.store.transaction() as session:
-            observed = repo.observed_reasoning_per_student(session, self.process_id)
+        observed = self.deps.store.run(
+            lambda session: repo.observed_reasoning_per_student(session, self.process_id))
         return plan.completion_tokens_for(self.batch, observed_reasoning_per_student=observed,
                                           policy=self.deps.policy)
 
@@ -512,9 +512,11 @@ def _claim(batch: PlannedBatch, deps: GradingDeps, owner: str) -> bool:
     """Take the batch's lease (True), or wait while another run grades it and return False
     once it has succeeded there — so concurrent duplicate runs call the model once."""
     while True:
-        with deps.store.transaction() as session:
-            claim = acquire_batch_lease(session, batch.idempotency_key, owner=owner, now=utcnow(),
-                                        lease_s=deps.policy.lease_s)
+        # Replayed after a dropped connection: a claim whose commit was lost in the drop finds
+        # the lease already ours (`acquire_batch_lease`).
+        claim = deps.store.run(lambda session: acquire_batch_lease(
+            session, batch.idempotency_key, owner=owner, now=utcnow(),
+            lease_s=deps.policy.lease_s))
         if claim != "busy":
             return claim == "claimed"
         deps.sleep(deps.policy.lease_poll_s)
