@@ -96,6 +96,10 @@ def grade_assessment(
             batch_mode_task(prepared, run)
         else:
             _grade_all(prepared, run)
+        if resources.store.stopped is not None:
+            # The store failed for good mid-run: the batches after it failed without a model
+            # call; the run stops here with that one error (paid replies are in QBQ_SPILL_DIR).
+            raise resources.store.stopped
         payloads = finalize_task(prepared, run)
         native = payloads.native
         delivery = deliver_task(plan.process_id, run) if settings.results_api_url else None

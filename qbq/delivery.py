@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from qbq.backoff import backoff_ceiling
 from qbq.errors import DeliveryError
@@ -44,13 +45,14 @@ def drain_outbox(store: Store, client: HttpClient, *, process_id: str | None = N
     delivered = failed = 0
     last_error: str | None = None
     owner = new_owner_id()
-    with store.transaction() as session:
-        rows = [(r.id, r.target_url, r.payload, r.idempotency_key, r.attempts)
-                for r in repo.pending_outbox(session, now=_FAR_FUTURE if ignore_backoff else now())
-                if process_id is None or r.process_id == process_id]
+    # Every store call goes through `Store.run`: replayed when a connection drops mid-way.
+    rows = store.run(lambda session: [
+        (r.id, r.target_url, r.payload, r.idempotency_key, r.attempts)
+        for r in repo.pending_outbox(session, now=_FAR_FUTURE if ignore_backoff else now())
+        if process_id is None or r.process_id == process_id])
     for row_id, url, payload, key, attempts in rows:
-        with store.transaction() as session:
-            claim = acquire_outbox_lease(session, row_id, owner=owner, now=now(), lease_s=lease_s)
+        claim = store.run(partial(acquire_outbox_lease, outbox_id=row_id, owner=owner,
+                                  now=now(), lease_s=lease_s))
         if claim == "busy":
             continue
         try:
@@ -61,11 +63,9 @@ def drain_outbox(store: Store, client: HttpClient, *, process_id: str | None = N
             failed += 1
             last_error = exc.message
             delay = backoff_ceiling(attempts + 1, base_s=backoff_s, max_s=_BACKOFF_MAX_S)
-            with store.transaction() as session:
-                repo.mark_delivery_failed(session, row_id, error=exc.message,
-                                          next_attempt_at=now() + timedelta(seconds=delay))
+            store.run(partial(repo.mark_delivery_failed, outbox_id=row_id, error=exc.message,
+                              next_attempt_at=now() + timedelta(seconds=delay)))
             continue
         delivered += 1
-        with store.transaction() as session:
-            repo.mark_delivered(session, row_id, at=now())
+        store.run(partial(repo.mark_delivered, outbox_id=row_id, at=now()))
     return DeliveryReport(delivered, failed, last_error)

@@ -40,7 +40,8 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from qbq.backoff import full_jitter
 from qbq.domain import GradingRequest, Page, Student
@@ -57,6 +58,7 @@ from qbq.errors import (
     ResponseError,
     ResponseRuleError,
     RetryBudgetExhaustedError,
+    StoreUnavailableError,
     TruncatedResponseError,
     clip_detail,
 )
@@ -75,13 +77,11 @@ from qbq.provider import ChatProvider, ChatRequest
 from qbq.recovery import BatchSizeHint
 from qbq.response import StudentOut, check_reply, parse_reply
 from qbq.settings import GradingPolicy
+from qbq.spill import BatchRecord, discard, spill, take
 from qbq.store import Store, acquire_batch_lease, new_owner_id, utcnow
 from qbq.store import leases as repo_leases
 from qbq.store import repository as repo
 from qbq.usage import Usage
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
 
 __all__ = ["HANDLERS", "BatchOutcome", "Fail", "GradingDeps", "GroupState", "Isolate", "MoreRoom",
            "Reask", "Retry", "Rules", "Split", "decide", "grade_batch", "page_url",
@@ -122,6 +122,8 @@ class GradingDeps:
     policy: GradingPolicy
     size_hint: BatchSizeHint
     keep_raw_responses: bool = False
+    #: Where a paid reply goes when the store fails for good (`qbq.spill`); None: nowhere.
+    spill_dir: Path | None = None
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
 
@@ -359,8 +361,8 @@ class _BatchRun:
         the run's earlier batches spent (per student, from the store) once there is any."""
         if plan is None or self.effort in (None, "none"):
             return self.batch.max_completion_tokens
-        with self.deps.store.transaction() as session:
-            observed = repo.observed_reasoning_per_student(session, self.process_id)
+        observed = self.deps.store.run(
+            lambda session: repo.observed_reasoning_per_student(session, self.process_id))
         return plan.completion_tokens_for(self.batch, observed_reasoning_per_student=observed,
                                           policy=self.deps.policy)
 
@@ -512,9 +514,11 @@ def _claim(batch: PlannedBatch, deps: GradingDeps, owner: str) -> bool:
     """Take the batch's lease (True), or wait while another run grades it and return False
     once it has succeeded there — so concurrent duplicate runs call the model once."""
     while True:
-        with deps.store.transaction() as session:
-            claim = acquire_batch_lease(session, batch.idempotency_key, owner=owner, now=utcnow(),
-                                        lease_s=deps.policy.lease_s)
+        # Replayed after a dropped connection: a claim whose commit was lost in the drop finds
+        # the lease already ours (`acquire_batch_lease`).
+        claim = deps.store.run(lambda session: acquire_batch_lease(
+            session, batch.idempotency_key, owner=owner, now=utcnow(),
+            lease_s=deps.policy.lease_s))
         if claim != "busy":
             return claim == "claimed"
         deps.sleep(deps.policy.lease_poll_s)
@@ -536,8 +540,25 @@ def grade_batch(batch: PlannedBatch, request: GradingRequest, deps: GradingDeps,
                         status="succeeded", from_store=True)
         return BatchOutcome(batch.index, key, "succeeded", True, len(batch.students),
                             len(batch.students))
+    kept = _write_kept_reply(batch, deps)
+    if kept is not None:
+        return kept
     run = _BatchRun(batch, request, deps, owner, plan)
     return _finish(run, run.grade(batch.students))
+
+
+def _write_kept_reply(batch: PlannedBatch, deps: GradingDeps) -> BatchOutcome | None:
+    """Write the reply an earlier run paid for and spilled when its store failed (`qbq.spill`),
+    instead of paying for it again; None when there is none."""
+    key = batch.idempotency_key
+    if deps.spill_dir is None or (held := take(deps.spill_dir, key)) is None:
+        return None
+    deps.store.run(held.write)
+    discard(deps.spill_dir, key)
+    log.info("batch %d: wrote the reply an earlier run kept when its store failed", batch.index)
+    status: BatchStatus = "failed" if held.error_type else "succeeded"
+    return BatchOutcome(batch.index, key, status, True, len(batch.students), held.n_graded,
+                        attempts=held.attempts, error_type=held.error_type)
 
 
 def _finish(run: _BatchRun, graded: _Graded) -> BatchOutcome:
@@ -553,19 +574,25 @@ def _finish(run: _BatchRun, graded: _Graded) -> BatchOutcome:
     }
     error = graded.last_error if graded.failures else None
     raw = run.last_raw if deps.keep_raw_responses or error else None
-
-    def write(session: Session) -> None:
-        if error is not None:
-            repo.record_batch_failure(session, key, error_type=error.error_type,
-                                      stage=error.stage, detail=clip_detail(error.message),
-                                      attempts=run.attempts, result=result, usage=usage,
-                                      raw_response=raw)
-        else:
-            repo.record_batch_success(session, key, result=result, usage=usage,
-                                      attempts=run.attempts, raw_response=raw)
-
-    # The replies are paid for: held and written when a store outage ends (QBQ_DB_OUTAGE_S).
-    deps.store.run(write)
+    record = BatchRecord(key, result, usage, run.attempts, raw,
+                         error.error_type if error else None, error.stage if error else None,
+                         clip_detail(error.message) if error else None)
+    # The replies are paid for: held and written when a store outage ends (QBQ_DB_OUTAGE_S);
+    # kept in a spill file for the next run when the store failed for good.
+    try:
+        deps.store.run(record.write)
+    except StoreUnavailableError as stop:
+        if deps.spill_dir is None or not usage.replies:
+            raise
+        try:
+            path = spill(deps.spill_dir, record)
+        except OSError as exc:
+            log.error("batch %d: the store failed and its paid reply could not be kept in %s: "
+                      "%s", batch.index, deps.spill_dir, exc.strerror)
+            raise stop from None
+        log.warning("batch %d: the store failed; its paid reply is kept in %s for the next run",
+                    batch.index, path)
+        raise
     status: BatchStatus = "failed" if error else "succeeded"
     log_batch_event(log, "batch_finished", logging.WARNING if error else logging.INFO,
                     process_id=run.process_id, batch_id=batch.index, idempotency_key=key,

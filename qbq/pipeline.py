@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from qbq.delivery import DeliveryReport
@@ -44,8 +45,8 @@ def check_page_ids(store: Store, request: GradingRequest) -> None:
     contents = request.declared_contents
     if request.regrade or not contents:
         return
-    with store.transaction() as session:
-        conflicts = page_content_conflicts(session, request.assessment_id, contents)
+    conflicts = store.run(partial(page_content_conflicts, assessment_id=request.assessment_id,
+                                  contents=contents))
     if conflicts:
         raise PageIdConflictError(request.assessment_id, conflicts)
 
@@ -84,13 +85,15 @@ def register(store: Store, prepared: Prepared, settings: QbqSettings) -> None:
 
 
 def collect(store: Store, plan: BatchPlan) -> dict[str, StoredBatch]:
-    with store.transaction() as session:
+    def read(session: Session) -> dict[str, StoredBatch]:  # a read: replayed after a drop
         rows = repo.get_batches(session, [b.idempotency_key for b in plan.batches])
         return {
             key: StoredBatch(status=row.status, result=row.result, error_type=row.error_type,
                              error_detail=row.error_detail, usage=row.usage)
             for key, row in rows.items()
         }
+
+    return store.run(read)
 
 
 def build_payload(prepared: Prepared, batches: dict[str, StoredBatch], *,

@@ -241,7 +241,8 @@ class RunResources:
         """What `grade_batch` needs, over this run's store and guarded provider."""
         return GradingDeps(provider=self.provider, store=self.store, policy=self.ref.policy,
                            size_hint=self.guards.size_hint,
-                           keep_raw_responses=self.ref.settings.keep_raw_responses)
+                           keep_raw_responses=self.ref.settings.keep_raw_responses,
+                           spill_dir=Path(self.ref.settings.spill_dir).expanduser())
 
     def close(self) -> None:
         """Close the clients and the store's connections (idempotent)."""

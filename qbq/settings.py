@@ -164,6 +164,12 @@ class QbqSettings(BaseSettings):
         "refused or lost, server restarting, SQLite busy), in seconds, retrying with backoff; "
         "then, or at once for a persistent error (read-only, disk full), StoreUnavailableError."
     )
+    spill_dir: str = Field(
+        ".qbq/spill", description="Folder where a paid model reply is kept (owner-only files) "
+        "when the store fails for good, or longer than QBQ_DB_OUTAGE_S, as it is written; the "
+        "next run writes it to the store instead of paying again. Put it on another disk than "
+        "the store if a full disk is the risk."
+    )
     results_api_url: str | None = Field(
         None, description="Full URL the results payload is POSTed to. None: no delivery."
     )

@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qbq.catalog import get_model_spec
 from qbq.cost import result_mode, usage_by_mode, usage_cost_usd
@@ -22,6 +22,9 @@ from qbq.review import answers_need_review
 from qbq.store import BatchAttemptRow, BatchRow, ProcessRow, Store, queries
 from qbq.store import repository as repo
 from qbq.usage import Usage
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 __all__ = [
     "RATE_LIMIT_ERROR",
@@ -207,13 +210,15 @@ def _tokens(usage: Usage) -> dict[str, Any]:
 
 def process_metrics(store: Store, process_id: str) -> tuple[ProcessMetrics, list[BatchFigures]] | None:
     """The process's metrics and per-batch figures, or None when there is no such process."""
-    with store.transaction() as session:
+    def read(session: Session) -> tuple[ProcessMetrics, list[BatchFigures]] | None:
         process = repo.get_process(session, process_id)
         if process is None:
             return None
         batches = queries.process_batches(session, process_id)
         attempts = queries.process_attempt_errors(session, process_id)
         return compute_metrics(process, batches, attempts), [batch_figures(b) for b in batches]
+
+    return store.run(read)  # replayed when the connection drops mid-way
 
 
 def save_metrics(store: Store, metrics: ProcessMetrics,
@@ -222,8 +227,8 @@ def save_metrics(store: Store, metrics: ProcessMetrics,
     parts: dict[str, Any] = {"metrics": metrics.to_dict()}
     if max_marks is not None:
         parts["max_marks"] = {str(q): float(m) for q, m in max_marks.items()}
-    with store.transaction() as session:
-        return queries.merge_process_summary(session, metrics.process_id, parts)
+    return store.run(lambda session: queries.merge_process_summary(
+        session, metrics.process_id, parts))
 
 
 # --- optional Prometheus exposition ------------------------------------------------------------

@@ -93,6 +93,11 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._instance_id: str | None = None
         self._sqlite_writes = threading.Lock()
+        #: The error that stopped this store (a persistent error, or an outage longer than
+        #: `outage_s`): every later `transaction()` and `run()` raises it again at once, so a
+        #: run stops once instead of every batch meeting it on its own.
+        self.stopped: StoreUnavailableError | None = None
+        self._stopping = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: QbqSettings) -> Store:
@@ -131,6 +136,7 @@ class Store:
         reached before the block starts, waiting out an outage (`wait_until_reachable`); a
         persistent store error raised inside becomes `StoreUnavailableError`.
         """
+        self._raise_if_stopped()
         self.wait_until_reachable()
         # SQLite takes its write lock at BEGIN; threads of this process queue on a Python lock
         # instead of in SQLite's busy handler, which sleeps in growing steps (up to 100 ms).
@@ -140,9 +146,19 @@ class Store:
                 yield session
         except DBAPIError as exc:
             if classify(exc) == "persistent":
-                raise StoreUnavailableError(f"the store {self.name} failed: "
-                                            f"{persistent_cause(exc)}") from None
+                raise self._stop(f"the store {self.name} failed: {persistent_cause(exc)}") \
+                    from None
             raise
+
+    def _stop(self, message: str) -> StoreUnavailableError:
+        with self._stopping:
+            if self.stopped is None:
+                self.stopped = StoreUnavailableError(message)
+        return StoreUnavailableError(self.stopped.message)
+
+    def _raise_if_stopped(self) -> None:
+        if self.stopped is not None:
+            raise StoreUnavailableError(self.stopped.message)
 
     @property
     def name(self) -> str:
@@ -189,12 +205,12 @@ class Store:
                 kind = classify(exc)
                 waited = time.monotonic() - started
                 if kind == "persistent":
-                    raise StoreUnavailableError(f"the store {self.name} failed: "
-                                                f"{persistent_cause(exc)}") from None
+                    raise self._stop(f"the store {self.name} failed: "
+                                     f"{persistent_cause(exc)}") from None
                 if kind is None:
                     raise
                 if waited >= self.outage_s:
-                    raise StoreUnavailableError(
+                    raise self._stop(
                         f"the store {self.name} was unreachable for {waited:.0f} s "
                         f"(QBQ_DB_OUTAGE_S={self.outage_s:g}): {type(exc.orig).__name__}"
                     ) from None

@@ -75,12 +75,14 @@ def _rowcount(result: Result[Any]) -> int:
 def acquire_batch_lease(session: Session, key: str, *, owner: str, now: datetime,
                         lease_s: float) -> BatchClaim:
     """Claim a batch for grading: `claimed` (it is ours now), `done` (it already succeeded) or
-    `busy` (another live run holds it)."""
+    `busy` (another live run holds it). Safe to replay: a lease `owner` already holds is
+    `claimed` again."""
     expires = now + timedelta(seconds=lease_s)
     free = update(BatchRow).where(
         BatchRow.idempotency_key == key,
         or_(BatchRow.status.in_(("pending", "failed")),
             BatchRow.lease_owner.is_(None),
+            BatchRow.lease_owner == owner,  # a replayed claim whose first commit went through
             BatchRow.lease_expires_at < now),
         BatchRow.status != "succeeded",
     ).values(status="running", lease_owner=owner, lease_expires_at=expires)
@@ -132,6 +134,8 @@ def acquire_outbox_lease(session: Session, outbox_id: int, *, owner: str, now: d
     if current is None or current.status != "pending":
         return "busy"
     previous = current.lease_owner
+    if previous == owner:  # a replayed claim whose first commit went through
+        return "claimed"
     if previous is not None:
         expired = current.lease_expires_at is not None and current.lease_expires_at < now
         if not (expired or owner_is_dead(previous)):

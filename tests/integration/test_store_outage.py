@@ -4,12 +4,14 @@ connection is waited out for up to QBQ_DB_OUTAGE_S; a longer outage and a persis
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 from sqlalchemy.engine import make_url
 
 from qbq import pipeline
@@ -19,7 +21,7 @@ from qbq.preparation import Prepared, prepare
 from qbq.sample import write_sample
 from qbq.settings import GradingPolicy, QbqSettings
 from qbq.store import Store, repository
-from qbq.store.models import ProcessRow
+from qbq.store.models import BatchRow, ProcessRow
 from qbq.testing.fakes import FakeClock, ScriptedProvider, fake_run
 from qbq.testing.tcp_proxy import TcpProxy
 from tests.support import PgServer, require_pg
@@ -190,3 +192,62 @@ def test_registering_a_run_is_replayed_when_its_connection_drops(
             assert set(repository.get_batches(session, keys)) == set(keys)
     finally:
         cut.close()
+
+
+def _disk_full_on_results(store: Store) -> None:
+    """Writing a batch's result fails as a full disk does (SQLITE_FULL); the rest works."""
+
+    def hook(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.startswith("UPDATE batches") and "result=" in statement:
+            full = sqlite3.OperationalError("database or disk is full")
+            full.sqlite_errorcode = 13  # SQLITE_FULL
+            raise full
+
+    event.listen(store.engine, "before_cursor_execute", hook)
+
+
+def test_a_full_disk_stops_the_run_once_and_the_paid_reply_is_written_by_the_rerun(
+        tmp_path: Path) -> None:
+    """The first batch's reply is paid and its write meets a full disk: the store stops (one
+    error naming the store and the cause), the reply goes to the spill folder, the next batch
+    fails without a model call; the rerun writes the kept reply without paying again."""
+    url = f"sqlite:///{tmp_path / 'qbq.db'}"
+    request = write_sample(tmp_path / "s", students=3, pages=1, questions=2, seed=5)
+    settings = QbqSettings(page_cache_dir=str(tmp_path / "cache"), database_url=url)
+    prepared = prepare(request, settings=settings,
+                       policy=GradingPolicy(max_students_per_batch=1))
+    first, second = prepared.plan.batches[:2]
+    provider = ScriptedProvider([q.question_number for q in prepared.request.questions])
+    store = Store(url)
+    store.migrate()
+    pipeline.register(store, prepared, settings)
+    _disk_full_on_results(store)
+    deps = fake_run(store, provider, FakeClock()).deps
+    deps.spill_dir = tmp_path / "spill"
+    try:
+        with pytest.raises(StoreUnavailableError) as info:
+            grade_batch(first, prepared.request, deps)
+        assert info.value.message == f"the store {url} failed: the disk is full"
+        assert len(provider.calls) == 1 and len(list(deps.spill_dir.iterdir())) == 1
+        with pytest.raises(StoreUnavailableError, match="the disk is full"):
+            grade_batch(second, prepared.request, deps)
+        assert len(provider.calls) == 1  # stopped: no model call paid for nothing
+    finally:
+        store.dispose()
+
+    rerun = Store(url)  # the disk has room again; the first run's process and lease are gone
+    with rerun.transaction() as session:
+        session.execute(update(BatchRow).values(lease_expires_at=datetime(2000, 1, 1, tzinfo=UTC)))
+    deps = fake_run(rerun, provider, FakeClock()).deps
+    deps.spill_dir = tmp_path / "spill"
+    try:
+        outcome = grade_batch(first, prepared.request, deps)
+        assert outcome.status == "succeeded" and outcome.n_graded == 1
+        assert len(provider.calls) == 1  # the kept reply, not a new one
+        assert list(deps.spill_dir.iterdir()) == []
+        with rerun.transaction() as session:
+            row = repository.get_batches(session, [first.idempotency_key])[first.idempotency_key]
+            assert row.status == "succeeded" and row.result is not None
+            assert set(row.result["students"]) == {first.refs[0]}
+    finally:
+        rerun.dispose()
