@@ -3,6 +3,7 @@ reached through a loopback proxy that drops every connection for 5 s while batch
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -25,8 +26,9 @@ pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.postgres]
 #: One student per batch, 12 batches: the issue's run has 100, but a run costs a few seconds of
 #: Prefect and page preparation before its first batch plus the 5 s outage, and 12 keep the test
 #: near 20 s on a busy 2-core machine while the outage still finds batches done, in flight
-#: (0.25 s per reply, 4 in flight) and not yet claimed.
-BATCHES = 12
+#: (0.25 s per reply, 4 in flight) and not yet claimed. `QBQ_TEST_OUTAGE_BATCHES=100` runs the
+#: issue's size.
+BATCHES = int(os.environ.get("QBQ_TEST_OUTAGE_BATCHES", "12"))
 OUTAGE_S = 5.0
 LATENCY_MS = 250.0
 
