@@ -193,7 +193,7 @@ def prefect_stack(pg_server: PgServer | None,
         "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "3",
         "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS": "1",
     }
-    with BackgroundServer(create_app(SimConfig())) as simulator, \
+    with BackgroundServer(create_app(SimConfig(batch_completion_s=2.0))) as simulator, \
             BackgroundServer(create_receiver(work / "receiver.db")) as receiver:
         server = _Process([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                            "--port", str(port)], server_env, work / "server.log", REPO)
@@ -214,6 +214,9 @@ def prefect_stack(pg_server: PgServer | None,
                 "QBQ_TPM": "100000000",
                 "QBQ_LIMITER_DIR": str(work / "limiter"),
                 "PREFECT_WORKER_QUERY_SECONDS": "1",
+                # the exam-session deployment grades through the Batch API: look often
+                "QBQ_BATCH_POLL_S": "0.2",
+                "QBQ_BATCH_POLL_MAX_S": "0.5",
             }
             worker = _Process([str(BIN / "prefect"), "worker", "start", "--pool", POOL,
                                "--name", "e2e-worker"], worker_env, work / "worker.log", REPO)

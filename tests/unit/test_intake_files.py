@@ -94,8 +94,12 @@ def test_files_over_the_byte_cap_are_refused_before_reading(tmp_path: Path) -> N
 
 
 def test_nul_in_a_path_is_a_named_error(tmp_path: Path) -> None:
-    message = error(request(tmp_path, "pages/a\u0000.png"), QbqSettings())
-    assert "students[0].pages[0].path: the path contains a NUL character" in message
+    # refused when the request is read, before any file is opened
+    with pytest.raises(RequestValidationError) as info:
+        load_request_file(request(tmp_path, "pages/a\u0000.png"), settings=QbqSettings(),
+                          fetch=None)
+    assert ("students[0].pages[0].path: must not contain control or format characters "
+            "(found U+0000)") in info.value.message
 
 
 def test_deployments_confine_page_paths() -> None:
