@@ -115,11 +115,19 @@ class Store:
         return self.engine.dialect.name
 
     def migrate(self) -> None:
-        """Upgrade the schema to the newest revision; idempotent and safe to call concurrently."""
+        """Upgrade the schema to the newest revision; idempotent and safe to call concurrently.
+
+        A migration that meets a transient error (SQLite busy when several processes migrate
+        one file at once, a dropped connection) is run again, as `run` replays a transaction.
+        """
         cfg = alembic_config()
-        with migration_connection(self.engine) as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+
+        def once() -> None:
+            with migration_connection(self.engine) as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+
+        self._riding_out(once)
 
     def instance_id(self) -> str:
         """The random id this database got when it was created (survives restarts)."""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
+from qbq import cli_models
 from qbq.catalog import MODELS
 from qbq.cli import app
 
@@ -30,8 +33,10 @@ def test_models_json_lists_every_model_with_figures_and_sources() -> None:
                for row in rows.values())
 
 
-def test_models_table_names_every_model() -> None:
-    result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "250"})
+def test_models_table_names_every_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the console was made at import, when COLUMNS may not have been set: a wide one here
+    monkeypatch.setattr(cli_models, "console", Console(width=250))
+    result = CliRunner().invoke(app, ["models"])
     assert result.exit_code == 0, result.output
     for name in MODELS:
         assert name in result.output

@@ -75,7 +75,10 @@ class Listener:
 
 def respond(status: str, body: bytes = b"", headers: Iterable[str] = ()) -> Handler:
     def handle(conn: socket.socket, _path: str) -> None:
-        head = [f"HTTP/1.1 {status}", f"Content-Length: {len(body)}", *headers, "", ""]
+        # the listener serves one request per connection, so it says so (else a client may
+        # send the next hop on a connection the listener is closing)
+        head = [f"HTTP/1.1 {status}", f"Content-Length: {len(body)}", "Connection: close",
+                *headers, "", ""]
         conn.sendall("\r\n".join(head).encode() + body)
     return handle
 
