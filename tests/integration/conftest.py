@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -92,3 +93,12 @@ def grading_env(monkeypatch: pytest.MonkeyPatch, simulator: BackgroundServer,
     monkeypatch.setenv("QBQ_LIMITER_DIR", str(database_url_dir(database_url)))
     monkeypatch.setenv("QBQ_ALLOW_PRIVATE_URLS", "true")  # page URLs on loopback test servers
     return database_url
+
+
+@pytest.fixture
+def client(sim: BackgroundServer) -> Iterator[openai.OpenAI]:
+    """The real SDK on the test module's own `sim` fixture (a simulator it configures), its
+    counters and cache reset first."""
+    httpx.post(sim.url + "/_sim/reset", timeout=10).raise_for_status()
+    with openai.OpenAI(base_url=sim.url + "/v1", api_key="sk-test", max_retries=0) as c:
+        yield c

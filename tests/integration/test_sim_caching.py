@@ -46,13 +46,6 @@ def sim() -> Iterator[BackgroundServer]:
         yield server
 
 
-@pytest.fixture
-def client(sim: BackgroundServer) -> Iterator[openai.OpenAI]:
-    httpx.post(sim.url + "/_sim/reset", timeout=10).raise_for_status()
-    with openai.OpenAI(base_url=sim.url + "/v1", api_key="sk-test", max_retries=0) as c:
-        yield c
-
-
 def _grading(refs: list[str], *, detail: Detail = "high") -> list[dict[str, Any]]:
     return build_messages(
         instructions="Grade fairly and kindly.",

@@ -56,13 +56,6 @@ def sim() -> Iterator[BackgroundServer]:
         yield server
 
 
-@pytest.fixture
-def client(sim: BackgroundServer) -> Iterator[openai.OpenAI]:
-    httpx.post(sim.url + "/_sim/reset", timeout=10).raise_for_status()
-    with openai.OpenAI(base_url=sim.url + "/v1", api_key="sk-test", max_retries=0) as c:
-        yield c
-
-
 def _grading(students: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     refs = [f"S{i:02d}" for i in range(students)]
     messages = build_messages(
