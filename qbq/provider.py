@@ -207,12 +207,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def _error_detail(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:_DETAIL_FROM_PROVIDER]
-    return str(exc.message)[:_DETAIL_FROM_PROVIDER]
+    return (_error_field(exc, "message") or str(exc.message))[:_DETAIL_FROM_PROVIDER]
 
 
 #: The error `code` of flex's capacity 429 (https://platform.openai.com/docs/guides/flex-processing):
