@@ -105,6 +105,8 @@ class Timing:
         self.group_batches: dict[str, int] = {}
         self.busy_ok_s = 0.0
         self.ok = 0
+        #: (arrival, status) of every model request, perf_counter seconds: explains each 429
+        self.arrivals: list[tuple[float, int]] = []
         self.lock = threading.Lock()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -131,6 +133,7 @@ class Timing:
         finally:
             end = time.perf_counter()
             with self.lock:
+                self.arrivals.append((start, status))
                 self.last = end if self.last is None else max(self.last, end)
                 if status == 200:
                     self.busy_ok_s += end - start
@@ -196,6 +199,9 @@ class Result:
     rejected: int
     timeline: list[dict[str, Any]] = field(default_factory=list)
     service_s: float = 0.0
+    #: per 429: requests arriving in the second before it and the longest arrival gap in the
+    #: two seconds before (a stall that lets the provider's bucket overflow shows as a gap)
+    context_429: list[str] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -250,7 +256,27 @@ def _result(name: str, regime: Regime, server: BackgroundServer, timing: Timing,
         ideal = max(ideal, *per_group)
     return Result(name, regime.name, ok, ideal,
                   timing.makespan, stats["requests"], stats["by_status"].get("429", 0),
-                  stats["timeline"], service_s)
+                  stats["timeline"], service_s, explain_429(timing.arrivals))
+
+
+def explain_429(arrivals: list[tuple[float, int]]) -> list[str]:
+    """One line per 429: when (s after the first request), how many requests arrived in the
+    second before it against the rate's per-second count, and the longest gap between arrivals
+    in the two seconds before it."""
+    arrivals = sorted(arrivals)
+    if not arrivals:
+        return []
+    first = arrivals[0][0]
+    lines = []
+    for t, status in arrivals:
+        if status != 429:
+            continue
+        before = [a for a, _ in arrivals if t - 2.0 <= a < t]
+        last_second = sum(1 for a in before if a >= t - 1.0)
+        gaps = [b - a for a, b in zip(before, [*before[1:], t], strict=True)]
+        lines.append(f"429 at {t - first:.2f} s: {last_second} arrivals in the second before, "
+                     f"longest gap in the 2 s before {max(gaps, default=0.0):.2f} s")
+    return lines
 
 
 # --- qbq ---------------------------------------------------------------------------------------
@@ -601,6 +627,9 @@ def main() -> None:
     print(f"time scale {TIME_SCALE:g}× (simulated minutes pass in {60 / TIME_SCALE:g} s); "
           "ideal = the limits' shortest makespan; ratio = ideal / actual")
     print(table(results))
+    for r in results:
+        for line in r.context_429:
+            print(f"  {r.regime} / {r.name}: {line}")
     if overhead is not None:
         print(f"\noverhead: {overhead.batches} batches, zero latency, no limits: qbq "
               f"{overhead.qbq_s:.2f} s (first to last model call; whole command "

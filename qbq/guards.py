@@ -100,6 +100,9 @@ class RatePaced(WrapperProvider):
 class CircuitBroken(WrapperProvider):
     """Waits while the breaker is open; tells it about every provider failure and success.
 
+    A 429 (`RateLimitedError`) is told as throttling, not as a failure: the rate limiter paces
+    it, and a storm of them must not open the breaker.
+
     Raises `ProviderDownError` (from the breaker) once an outage outlasts its give-up time. A
     `QuotaExhaustedError` stops the breaker: every later request of the run raises it at once,
     without a model call.
@@ -115,6 +118,9 @@ class CircuitBroken(WrapperProvider):
             reply = self.wrapped.complete(request)
         except QuotaExhaustedError as exc:
             self.breaker.stop(exc)
+            raise
+        except RateLimitedError:
+            self.breaker.record_throttled()
             raise
         except ProviderError:
             self.breaker.record_failure()

@@ -19,6 +19,11 @@ __all__ = ["BatchSizeHint", "CircuitBreaker", "RetryBudget", "RunGuards"]
 class CircuitBreaker:
     """Stops every sender after `threshold` provider failures in a row.
 
+    A failure is an outage sign: a 5xx, a timeout, a lost connection. A 429 is not one (the
+    provider answered, and the rate limiter already pauses every sender for the wait it states):
+    `record_throttled` leaves the streak as it is, so a 429 storm on a shared key cannot open the
+    breaker or make it give up with `ProviderDownError`.
+
     Open: senders wait out the cool-down (and `on_open` pauses the shared limiter, so other
     processes wait too). Then one probe goes through (half-open): success closes the breaker,
     failure re-opens it with the cool-down doubled. An outage longer than `give_up_after_s`
@@ -84,6 +89,13 @@ class CircuitBreaker:
             self._outage_start = None
             self._probe_in_flight = False
             self._current_cooldown = self.cooldown_s
+            self._cond.notify_all()
+
+    def record_throttled(self) -> None:
+        """The provider answered 429: neither a failure nor proof that an outage is over. A
+        half-open probe that got it frees the probe slot, so the next call probes again."""
+        with self._cond:
+            self._probe_in_flight = False
             self._cond.notify_all()
 
     def record_failure(self) -> None:

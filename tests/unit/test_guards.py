@@ -161,3 +161,33 @@ def test_the_stack_refuses_a_retry_before_it_waits_for_anything() -> None:
     with pytest.raises(RetryBudgetExhaustedError):
         stack.complete(request(retry=True))
     assert inner.calls == 1 and breaker.failures == 0
+
+
+def test_a_429_storm_neither_opens_the_breaker_nor_makes_it_give_up() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(threshold=2, cooldown_s=10, give_up_after_s=25, clock=clock.time,
+                             sleep=clock.sleep)
+    provider = CircuitBroken(Provider([RateLimitedError("429")] * 20), breaker)
+    for _ in range(20):
+        with pytest.raises(RateLimitedError):
+            provider.complete(request())
+        clock.sleep(5)  # the storm lasts well past give_up_after_s
+    assert breaker.state == "closed" and breaker.failures == 0 and breaker.opened_count == 0
+    provider.complete(request())
+    assert clock.slept == [5] * 20  # the breaker itself never waited
+
+
+def test_a_half_open_probe_answered_429_lets_the_next_call_probe() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(threshold=1, cooldown_s=10, give_up_after_s=100, clock=clock.time,
+                             sleep=clock.sleep)
+    down = ProviderUnavailableError("503", status_code=503)
+    provider = CircuitBroken(Provider([down, RateLimitedError("429")]), breaker)
+    with pytest.raises(ProviderUnavailableError):
+        provider.complete(request())
+    assert breaker.state == "open"
+    with pytest.raises(RateLimitedError):
+        provider.complete(request())  # waits out the cool-down; the probe is throttled
+    assert breaker.state == "half_open"
+    provider.complete(request())  # probes again at once rather than waiting forever
+    assert breaker.state == "closed"
