@@ -11,7 +11,11 @@ cache (`qbq.simulator.caching`). The Batch API lives in `qbq.simulator.batches`.
 Time: the simulator keeps simulated time, `time_scale` times faster than wall time. Buckets
 refill, latencies, cache retention and batches run in simulated time; `retry-after` and
 `x-ratelimit-reset-*` headers are wall seconds, so a client honouring them behaves right;
-`/_sim/stats` timelines are simulated seconds.
+`/_sim/stats` timelines are simulated seconds. A chat request is charged to the rate limits
+at the simulated time it arrived (stamped by `StampArrival` before anything else runs), as a
+provider's edge counts a request when it comes in: the simulator's own work on it (decoding
+images, counting tokens — slow on a loaded machine, and 60× slower in simulated time at a 60×
+time scale) must not bunch arrivals that the client spaced out.
 
 Status codes in `/_sim/stats` are those sent, plus 499 for an accepted request whose client
 went away before the answer (the simulator stops waiting for it then).
@@ -226,6 +230,20 @@ def _public_config(config: SimConfig) -> dict[str, Any]:
     return data
 
 
+class StampArrival:
+    """Pure ASGI middleware: stamps each HTTP request with the simulated time it arrived
+    (`scope["state"]["sim_arrived"]`, read as `request.state.sim_arrived`)."""
+
+    def __init__(self, app: Any, state: SimState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["sim_arrived"] = self.state.now()
+        await self.app(scope, receive, send)
+
+
 def create_app(config: SimConfig, *, models: Mapping[str, ModelSpec] | None = None) -> FastAPI:
     """A fresh simulator app; its `SimState` is `app.state.sim`, its Batch API `app.state.batches`.
 
@@ -248,6 +266,7 @@ def create_app(config: SimConfig, *, models: Mapping[str, ModelSpec] | None = No
     app.state.sim = state
     app.state.batches = batches
     app.add_middleware(LabelSimulated)
+    app.add_middleware(StampArrival, state=state)  # added last: runs first
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -263,7 +282,8 @@ def create_app(config: SimConfig, *, models: Mapping[str, ModelSpec] | None = No
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        call = ChatCall(request=request, config=state.config, state=state)
+        call = ChatCall(request=request, config=state.config, state=state,
+                        arrived=getattr(request.state, "sim_arrived", None))
         headers = {"x-request-id": f"req_sim_{uuid.uuid4().hex}"}
         try:
             for stage in state.stages:

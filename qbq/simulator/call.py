@@ -48,6 +48,9 @@ class ChatCall:
     prompt_tokens: int = 0
     #: The bearer key: the rate limits and prompt caches are kept per key.
     api_key: str = ""
+    #: Simulated time the request reached the server (None: a batch line): the rate limits
+    #: charge it then, however long decoding its images and counting its tokens took after.
+    arrived: float | None = None
     #: The fault drawn for this request (None: none) and the script entry it came from.
     fault: Fault | None = None
     script_entry: str | None = None

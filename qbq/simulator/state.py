@@ -185,13 +185,16 @@ class SimState:
     def admit(self, call: ChatCall) -> Outcome:
         """Charge `call` to its key's buckets, or refuse it (an injected 429 always refuses).
 
+        The charge is made as of `call.arrived` when it has one (buckets never refill
+        backwards: a call charged after a later arrival gets no refill of its own).
+
         An accepted request joins the timeline as in flight and its fault is counted; a
         refused one counts as rejected, and gives its script entry back unless the fault
         itself was the 429.
         """
         tokens = call.charged_tokens
         with self._lock:
-            now = self.now()
+            now = self.now() if call.arrived is None else min(call.arrived, self.now())
             injected = call.fault is not None and call.fault.kind in RATE_LIMIT_FAULTS
             if injected:
                 outcome = self._buckets.refuse(call.api_key, tokens, now)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import statistics
@@ -357,3 +358,49 @@ def test_limiter_on_a_fixed_clock() -> None:
     outcome = limiter.acquire("k", 1000, now=1000)
     assert outcome.accepted and outcome.requests is None
     assert outcome.tokens is not None and outcome.tokens.limit == 1200
+
+
+def test_requests_are_charged_when_they_arrived_not_when_the_simulator_got_to_them() -> None:
+    """A client paces three requests at the limit (1 a wall second, with room); the simulator's
+    own work then holds all three until the same moment. Charged at arrival they all fit;
+    charged when processed, the second and third would be refused."""
+    import asyncio
+
+    from qbq.simulator.stages import enforce_rate_limits
+
+    app = create_app(SimConfig(rpm=1, time_scale=60))  # one request back per wall second
+    sim: SimState = app.state.sim
+    held: list[float] = []
+    release_at: list[float] = []
+
+    async def slow_work(call: Any) -> None:  # decoding and counting, much delayed
+        index = len(held)
+        held.append(time.monotonic())
+        if not release_at:
+            release_at.append(time.monotonic() + 3.0)
+        await asyncio.sleep(max(0.0, release_at[0] + 0.05 * index - time.monotonic()))
+
+    sim.stages.insert(sim.stages.index(enforce_rate_limits), slow_work)
+    with BackgroundServer(app) as server, sdk(server) as client:
+        statuses: list[int] = []
+
+        def one() -> None:
+            try:
+                ask(client)
+                statuses.append(200)
+            except openai.RateLimitError:
+                statuses.append(429)
+
+        with ThreadPoolExecutor(3) as pool:
+            futures = []
+            for _ in range(3):
+                futures.append(pool.submit(one))
+                time.sleep(1.2)
+            for future in futures:
+                future.result()
+        assert len(held) == 3 and held[2] < release_at[0]  # all three were held together
+        assert statuses == [200, 200, 200]
+        started = [s["t"] for s in stats(server)["timeline"] if s["started"]]
+        # the timeline starts them at their arrivals, 1.2 wall s (72 simulated s) apart
+        assert len(started) == 3
+        assert [b - a for a, b in itertools.pairwise(started)] == [pytest.approx(72, abs=15)] * 2
