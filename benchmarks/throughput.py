@@ -11,7 +11,11 @@ limits), actual makespan, ratio (ideal/actual), 429s and per-batch orchestration
 the 1,000-batch overhead run. `--plot out.png` draws tokens/s and requests in flight over time
 against the limit. The last line is a one-line summary.
 
+`--learned` adds qbq runs without QBQ_RPM/QBQ_TPM: the first request probes alone, then
+every process paces at the limits the simulator's x-ratelimit-limit-* headers state.
+
 Usage: python benchmarks/throughput.py [--plot out.png] [--skip-overhead] [--batches 60]
+       [--skip-baselines] [--learned] [--regime NAME]
 """
 
 from __future__ import annotations
@@ -282,7 +286,11 @@ def explain_429(arrivals: list[tuple[float, int]]) -> list[str]:
 # --- qbq ---------------------------------------------------------------------------------------
 
 
-def run_qbq(regime: Regime, requests: list[Path], work: Path, api_url: str) -> Result:
+def run_qbq(regime: Regime, requests: list[Path], work: Path, api_url: str,
+            learned: bool = False) -> Result:
+    """`qbq grade` in one process per request; `learned`: without QBQ_RPM/QBQ_TPM, so qbq
+    probes and paces at the limits the simulator states (per wall minute)."""
+    tag = f"{regime.name}-{len(requests)}{'-learned' if learned else ''}"
     with simulator(regime) as (server, timing):
         env = {
             **os.environ,
@@ -290,16 +298,18 @@ def run_qbq(regime: Regime, requests: list[Path], work: Path, api_url: str) -> R
             "PREFECT_LOGGING_LEVEL": "WARNING",
             "OPENAI_BASE_URL": f"{server.url}/v1",
             "OPENAI_API_KEY": "sk-bench-simulated",
-            "QBQ_DATABASE_URL": f"sqlite:///{work / f'{regime.name}-{len(requests)}.db'}",
+            "QBQ_DATABASE_URL": f"sqlite:///{work / f'{tag}.db'}",
             "QBQ_MAX_STUDENTS_PER_BATCH": str(regime.students_per_batch),
             "QBQ_MAX_IN_FLIGHT": str(regime.max_in_flight),
-            "QBQ_LIMITER_DIR": str(work / f"limiter-{regime.name}-{len(requests)}"),
+            "QBQ_LIMITER_DIR": str(work / f"limiter-{tag}"),
             "QBQ_LIMITER_BURST_S": (QBQ_BURST_S if regime.burst_s is None
                                     else repr(regime.burst_s)),
         }
-        if regime.sim_rpm:
+        for name in ("QBQ_RPM", "QBQ_TPM"):
+            env.pop(name, None)
+        if regime.sim_rpm and not learned:
             env["QBQ_RPM"] = str(int(regime.sim_rpm * TIME_SCALE))
-        if regime.sim_tpm:
+        if regime.sim_tpm and not learned:
             env["QBQ_TPM"] = str(int(regime.sim_tpm * TIME_SCALE))
         procs = [subprocess.Popen([sys.executable, "-m", "qbq", "grade", str(r)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work)
@@ -308,8 +318,9 @@ def run_qbq(regime: Regime, requests: list[Path], work: Path, api_url: str) -> R
             _, err = proc.communicate(timeout=600)
             if proc.returncode != 0:
                 raise RuntimeError(f"qbq grade failed ({proc.returncode}): {err.decode()[-2000:]}")
-        return _result(f"qbq ({len(requests)} process{'es' if len(requests) > 1 else ''})",
-                       regime, server, timing, len(requests))
+        name = (f"qbq ({len(requests)} process{'es' if len(requests) > 1 else ''}"
+                f"{', learned' if learned else ''})")
+        return _result(name, regime, server, timing, len(requests))
 
 
 # --- baseline 1: Prefect's rate_limit / concurrency used directly --------------------------------
@@ -579,6 +590,9 @@ def main() -> None:
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--learned", action="store_true",
+                        help="also run qbq without QBQ_RPM/QBQ_TPM (limits learned from the "
+                             "simulator's headers)")
     parser.add_argument("--regime", action="append", help="only these regimes")
     parser.add_argument("--save", type=Path, help="also write the results as JSON here")
     parser.add_argument("--replot", type=Path, help="only redraw --plot from a --save file")
@@ -608,12 +622,17 @@ def main() -> None:
                          lambda r=regime, q=one: run_qbq(r, q, work, api_url)),
                         ("qbq 2 processes",
                          lambda r=regime, q=two: run_qbq(r, q, work, api_url)),
+                        ("qbq 1 process, learned",
+                         lambda r=regime, q=one: run_qbq(r, q, work, api_url, learned=True)),
+                        ("qbq 2 processes, learned",
+                         lambda r=regime, q=two: run_qbq(r, q, work, api_url, learned=True)),
                         ("prefect baseline",
                          lambda r=regime, q=one: run_prefect_baseline(r, q[0], api_url)),
                         ("cookbook baseline", lambda r=regime, q=one: run_cookbook(r, q[0])),
                     ]
                     for label, runner in runners:
-                        if args.skip_baselines and "baseline" in label:
+                        if ((args.skip_baselines and "baseline" in label)
+                                or (not args.learned and "learned" in label)):
                             continue
                         log(f"{regime.name}: {label} ...")
                         results.append(runner())

@@ -55,7 +55,8 @@ class SimConfig(BaseSettings):
         1.0,
         ge=1.0,
         description="Simulated time runs this many times faster than wall time: buckets refill "
-        "faster, latencies shrink; retry-after and reset headers are in wall seconds.",
+        "faster, latencies shrink; retry-after and reset headers are in wall seconds, and the "
+        "x-ratelimit-limit-* headers state the limits per wall minute (rpm/tpm × time_scale).",
     )
     # --- faults -----------------------------------------------------------------------------
     faults: Annotated[dict[str, float], NoDecode] = Field(

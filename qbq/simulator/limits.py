@@ -239,12 +239,20 @@ class ProviderBuckets:
 
 
 def rate_limit_headers(outcome: Outcome, time_scale: float) -> dict[str, str]:
-    """`x-ratelimit-*` headers (resets in wall time); an unlimited dimension has none."""
+    """`x-ratelimit-*` headers in wall time; an unlimited dimension has none.
+
+    With time compressed `time_scale` times, a simulated minute passes in 60 / `time_scale`
+    wall seconds, so the limits are stated per wall minute (the per-minute limit ×
+    `time_scale`) and the resets in wall seconds: a client that learns its pace from these
+    headers (as qbq does without QBQ_RPM/QBQ_TPM) paces right in its own time. The remaining
+    counts are what the bucket holds, the same in both times. At `time_scale` 1 these are
+    OpenAI's headers as sent.
+    """
     headers: dict[str, str] = {}
     for name, state in (("requests", outcome.requests), ("tokens", outcome.tokens)):
         if state is None:
             continue
-        headers[f"x-ratelimit-limit-{name}"] = str(state.limit)
+        headers[f"x-ratelimit-limit-{name}"] = str(round(state.limit * time_scale))
         headers[f"x-ratelimit-remaining-{name}"] = str(state.remaining)
         headers[f"x-ratelimit-reset-{name}"] = openai_duration(state.reset_s / time_scale)
     return headers

@@ -140,6 +140,8 @@ def test_rpm_exceeded_then_retry_after_succeeds() -> None:
         headers = error.response.headers
         assert {h for h in LIMIT_HEADERS if h.endswith("requests")} <= set(headers)
         assert headers["x-ratelimit-remaining-requests"] == "0"
+        # the limit per wall minute: 3 a simulated minute, 20 simulated minutes a wall minute
+        assert headers["x-ratelimit-limit-requests"] == "60"
         retry_after = float(headers["retry-after"])
         assert int(headers["retry-after-ms"]) == pytest.approx(retry_after * 1000, abs=1)
         # time_scale compresses the wait: 20 simulated seconds are reported as 1 wall second,
