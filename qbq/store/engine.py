@@ -106,7 +106,8 @@ class Store:
 
     @property
     def label(self) -> str:
-        """Which store this is, for people (`describe_store`)."""
+        """Which store this is, for people and messages (`describe_store`: the SQLite file's
+        absolute path, or the URL without its password)."""
         return describe_store(self.url)
 
     @property
@@ -154,7 +155,7 @@ class Store:
                 yield session
         except DBAPIError as exc:
             if classify(exc) == "persistent":
-                raise self._stop(f"the store {self.name} failed: {persistent_cause(exc)}") \
+                raise self._stop(f"the store {self.label} failed: {persistent_cause(exc)}") \
                     from None
             raise
 
@@ -167,11 +168,6 @@ class Store:
     def _raise_if_stopped(self) -> None:
         if self.stopped is not None:
             raise StoreUnavailableError(self.stopped.message)
-
-    @property
-    def name(self) -> str:
-        """The store's URL without its password, for messages."""
-        return make_url(self.url).render_as_string(hide_password=True)
 
     def wait_until_reachable(self) -> None:
         """Return once a pooled connection answers; retry transient failures (connection
@@ -213,13 +209,13 @@ class Store:
                 kind = classify(exc)
                 waited = time.monotonic() - started
                 if kind == "persistent":
-                    raise self._stop(f"the store {self.name} failed: "
+                    raise self._stop(f"the store {self.label} failed: "
                                      f"{persistent_cause(exc)}") from None
                 if kind is None:
                     raise
                 if waited >= self.outage_s:
                     raise self._stop(
-                        f"the store {self.name} was unreachable for {waited:.0f} s "
+                        f"the store {self.label} was unreachable for {waited:.0f} s "
                         f"(QBQ_DB_OUTAGE_S={self.outage_s:g}): {type(exc.orig).__name__}"
                     ) from None
                 self._sleep(min(_OUTAGE_BACKOFF_MAX_S, 0.05 * 2**attempt,
@@ -231,7 +227,7 @@ class Store:
         self.engine.dispose()
 
     def __repr__(self) -> str:
-        return f"Store({self.name!r})"
+        return f"Store({self.label!r})"
 
 
 def sqlite_file(url: str) -> Path | None:

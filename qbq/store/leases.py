@@ -12,13 +12,14 @@ import os
 import socket
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Literal
 
-from sqlalchemy import CursorResult, Result, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from qbq.errors import StoreStateError
 from qbq.store.models import BatchRow, OutboxRow
+from qbq.store.sql import rowcount
 
 __all__ = [
     "BatchClaim",
@@ -68,8 +69,6 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-def _rowcount(result: Result[Any]) -> int:
-    return cast(CursorResult[Any], result).rowcount
 
 
 def acquire_batch_lease(session: Session, key: str, *, owner: str, now: datetime,
@@ -86,7 +85,7 @@ def acquire_batch_lease(session: Session, key: str, *, owner: str, now: datetime
             BatchRow.lease_expires_at < now),
         BatchRow.status != "succeeded",
     ).values(status="running", lease_owner=owner, lease_expires_at=expires)
-    if _rowcount(session.execute(free)) == 1:
+    if rowcount(session.execute(free)) == 1:
         return "claimed"
     row = session.execute(
         select(BatchRow.status, BatchRow.lease_owner).where(BatchRow.idempotency_key == key)
@@ -100,7 +99,7 @@ def acquire_batch_lease(session: Session, key: str, *, owner: str, now: datetime
             BatchRow.idempotency_key == key, BatchRow.status == "running",
             BatchRow.lease_owner == row.lease_owner,
         ).values(lease_owner=owner, lease_expires_at=expires)
-        if _rowcount(session.execute(steal)) == 1:
+        if rowcount(session.execute(steal)) == 1:
             return "claimed"
     return "busy"
 
@@ -112,7 +111,7 @@ def renew_batch_lease(session: Session, key: str, *, owner: str, now: datetime,
         BatchRow.idempotency_key == key, BatchRow.lease_owner == owner,
         BatchRow.status == "running",
     ).values(lease_expires_at=now + timedelta(seconds=lease_s))
-    return _rowcount(session.execute(stmt)) == 1
+    return rowcount(session.execute(stmt)) == 1
 
 
 OutboxClaim = Literal["claimed", "taken_over", "busy"]
@@ -144,6 +143,6 @@ def acquire_outbox_lease(session: Session, outbox_id: int, *, owner: str, now: d
         OutboxRow.id == outbox_id, OutboxRow.status == "pending",
         OutboxRow.lease_owner.is_(None) if previous is None else OutboxRow.lease_owner == previous,
     ).values(lease_owner=owner, lease_expires_at=expires)
-    if _rowcount(session.execute(stmt)) != 1:
+    if rowcount(session.execute(stmt)) != 1:
         return "busy"
     return "claimed" if previous is None else "taken_over"

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from qbq.store.models import PageContentRow, utcnow
-from qbq.store.repository import _chunks, _insert_ignore
+from qbq.store.sql import chunks, insert_ignore
 
 __all__ = ["page_content_conflicts", "remember_page_contents"]
 
@@ -21,7 +21,7 @@ def page_content_conflicts(session: Session, assessment_id: str,
     """The page ids of `contents` (page id → content sha256) first seen under `assessment_id`
     with other content, sorted."""
     stored: dict[str, str] = {}
-    for chunk in _chunks(list(contents)):
+    for chunk in chunks(list(contents)):
         rows = session.execute(select(PageContentRow.page_id, PageContentRow.content_sha).where(
             PageContentRow.assessment_id == assessment_id, PageContentRow.page_id.in_(chunk)))
         stored.update({page_id: sha for page_id, sha in rows})
@@ -34,7 +34,7 @@ def remember_page_contents(session: Session, assessment_id: str, contents: Mappi
     if not contents:
         return
     now = utcnow()
-    _insert_ignore(session, PageContentRow, [
+    insert_ignore(session, PageContentRow, [
         {"assessment_id": assessment_id, "page_id": pid, "content_sha": sha,
          "process_id": process_id, "created_at": now} for pid, sha in contents.items()
     ], conflict=["assessment_id", "page_id"])

@@ -17,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, Result, Select, case, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, Select, case, func, select, update
 from sqlalchemy.orm import Session
 
 from qbq.errors import DETAIL_MAX, StoreStateError, clip_detail
@@ -33,6 +32,7 @@ from qbq.store.models import (
     ProcessStatus,
     utcnow,
 )
+from qbq.store.sql import chunks, dialect_of, insert_ignore, rowcount
 from qbq.usage import Usage
 
 __all__ = [
@@ -61,8 +61,6 @@ __all__ = [
 ATTEMPT_DETAIL_MAX = DETAIL_MAX
 _LAST_ERROR_MAX = 2000
 #: Keys per IN (...) list, well below SQLite's bound-parameter limit.
-_CHUNK = 500
-
 #: For each target process status, the statuses it may be reached from.
 _PROCESS_FROM: dict[ProcessStatus, tuple[ProcessStatus, ...]] = {
     "planned": ("planned",),
@@ -118,7 +116,7 @@ def ensure_process(
         "created_at": now,
         "updated_at": now,
     }
-    _insert_ignore(session, ProcessRow, [row], conflict=["id"])
+    insert_ignore(session, ProcessRow, [row], conflict=["id"])
     process = get_process(session, process_id)
     if process is None:  # pragma: no cover - just inserted or already there
         raise StoreStateError(f"process {process_id!r} vanished after insert")
@@ -158,7 +156,7 @@ def set_process_status(
         .where(ProcessRow.id == process_id, ProcessRow.status.in_(_PROCESS_FROM[status]))
         .values(**values)
     )
-    if _rowcount(session.execute(stmt)) == 0:
+    if rowcount(session.execute(stmt)) == 0:
         current = session.scalar(select(ProcessRow.status).where(ProcessRow.id == process_id))
         if current is None:
             raise StoreStateError(f"no process {process_id!r}")
@@ -203,7 +201,7 @@ def complete_process(
             "next_attempt_at": at,
             "created_at": at,
         }
-        _insert_ignore(session, OutboxRow, [row], conflict=None)
+        insert_ignore(session, OutboxRow, [row], conflict=None)
         queued = session.scalar(select(OutboxRow.process_id)
                                 .where(OutboxRow.idempotency_key == delivery_key))
         if queued == process_id:
@@ -246,7 +244,7 @@ def ensure_batches(
         # One key order for every writer, so concurrent inserts cannot deadlock on PostgreSQL.
         for spec in sorted(specs, key=lambda s: s.idempotency_key)
     ]
-    _insert_ignore(session, BatchRow, rows, conflict=["idempotency_key"])
+    insert_ignore(session, BatchRow, rows, conflict=["idempotency_key"])
     batches = get_batches(session, [spec.idempotency_key for spec in specs])
     for key, batch in batches.items():
         if batch.process_id != process_id:
@@ -259,7 +257,7 @@ def ensure_batches(
 def get_batches(session: Session, keys: Sequence[str]) -> dict[str, BatchRow]:
     """The stored batches among `keys`, fresh from the database, by idempotency key."""
     found: dict[str, BatchRow] = {}
-    for chunk in _chunks(keys):
+    for chunk in chunks(keys):
         stmt = select(BatchRow).where(BatchRow.idempotency_key.in_(chunk))
         found.update((b.idempotency_key, b) for b in session.scalars(_fresh(stmt)))
     return found
@@ -308,7 +306,7 @@ def record_batch_success(
             lease_expires_at=None,
         )
     )
-    if _rowcount(session.execute(stmt)) == 1:
+    if rowcount(session.execute(stmt)) == 1:
         return True
     _require_batch_status(session, key, "succeeded", allowed_final="succeeded")
     return False
@@ -347,7 +345,7 @@ def record_batch_failure(
             lease_expires_at=None,
         )
     )
-    if _rowcount(session.execute(stmt)) == 1:
+    if rowcount(session.execute(stmt)) == 1:
         return True
     _require_batch_status(session, key, "failed", allowed_final="succeeded")
     return False
@@ -387,12 +385,12 @@ def purge_raw_responses(
     criteria: list[ColumnElement[bool]] = [BatchRow.raw_response.is_not(None)]
     if older_than is not None:
         criteria.append(BatchRow.updated_at < older_than)
-    chunks: Iterator[Sequence[str] | None] = iter([None]) if keys is None else _chunks(keys)
+    groups: Iterator[Sequence[str] | None] = iter([None]) if keys is None else chunks(keys)
     purged = 0
-    for chunk in chunks:
+    for chunk in groups:
         where = criteria if chunk is None else [*criteria, BatchRow.idempotency_key.in_(chunk)]
         stmt = update(BatchRow).where(*where).values(raw_response=None)
-        purged += _rowcount(session.execute(stmt))
+        purged += rowcount(session.execute(stmt))
     return purged
 
 
@@ -425,7 +423,7 @@ def pending_outbox(session: Session, *, now: datetime, limit: int = 100) -> list
         .order_by(OutboxRow.next_attempt_at, OutboxRow.id)
         .limit(limit)
     )
-    if _dialect(session) == "postgresql":
+    if dialect_of(session) == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
     return list(session.scalars(_fresh(stmt)))
 
@@ -441,7 +439,7 @@ def mark_delivered(session: Session, outbox_id: int, *, at: datetime) -> bool:
         .values(status="delivered", delivered_at=at, attempts=OutboxRow.attempts + 1,
                 lease_owner=None, lease_expires_at=None)
     )
-    return _outbox_written(session, outbox_id, _rowcount(session.execute(stmt)))
+    return _outbox_written(session, outbox_id, rowcount(session.execute(stmt)))
 
 
 def mark_delivery_failed(
@@ -468,7 +466,7 @@ def mark_delivery_failed(
             lease_expires_at=None,
         )
     )
-    return _outbox_written(session, outbox_id, _rowcount(session.execute(stmt)))
+    return _outbox_written(session, outbox_id, rowcount(session.execute(stmt)))
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -484,23 +482,8 @@ def _usage_columns(usage: Usage | None) -> dict[str, Any]:
             "reasoning_tokens": usage.reasoning_tokens, "latency_ms": usage.latency_ms}
 
 
-def _dialect(session: Session) -> str:
-    return session.get_bind().dialect.name
 
 
-def _insert_ignore(
-    session: Session, model: type[Any], rows: list[dict[str, Any]], *, conflict: list[str] | None
-) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING (on `conflict` columns, or any unique constraint)."""
-    dialect = _dialect(session)
-    if dialect == "postgresql":
-        pg_stmt = postgresql.insert(model).on_conflict_do_nothing(index_elements=conflict)
-        session.execute(pg_stmt, rows)
-    elif dialect == "sqlite":
-        lite_stmt = sqlite.insert(model).on_conflict_do_nothing(index_elements=conflict)
-        session.execute(lite_stmt, rows)
-    else:
-        raise StoreStateError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
 
 
 def _fresh(stmt: Select[Any]) -> Select[Any]:
@@ -508,14 +491,8 @@ def _fresh(stmt: Select[Any]) -> Select[Any]:
     return stmt.execution_options(populate_existing=True)
 
 
-def _rowcount(result: Result[Any]) -> int:
-    return cast(CursorResult[Any], result).rowcount
 
 
-def _chunks(keys: Sequence[str]) -> Iterator[Sequence[str]]:
-    unique = list(dict.fromkeys(keys))
-    for start in range(0, len(unique), _CHUNK):
-        yield unique[start : start + _CHUNK]
 
 
 def _require_batch_status(session: Session, key: str, target: str, *, allowed_final: str) -> None:
@@ -527,8 +504,8 @@ def _require_batch_status(session: Session, key: str, target: str, *, allowed_fi
         raise StoreStateError(f"batch {key!r}: {current} → {target} is not allowed")
 
 
-def _outbox_written(session: Session, outbox_id: int, rowcount: int) -> bool:
-    if rowcount == 1:
+def _outbox_written(session: Session, outbox_id: int, matched: int) -> bool:
+    if matched == 1:
         return True
     if session.scalar(select(OutboxRow.id).where(OutboxRow.id == outbox_id)) is None:
         raise StoreStateError(f"no outbox row {outbox_id}")

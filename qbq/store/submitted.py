@@ -9,14 +9,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from qbq.store.models import SubmittedRequestRow, utcnow
-from qbq.store.repository import _insert_ignore
+from qbq.store.sql import insert_ignore
 
 __all__ = ["get_submitted", "store_submitted"]
 
 
 def store_submitted(session: Session, request_id: str, body: str, base_dir: str) -> None:
     """Insert the request unless its id is there already (same id, same request)."""
-    _insert_ignore(session, SubmittedRequestRow, [
+    insert_ignore(session, SubmittedRequestRow, [
         {"id": request_id, "body": body, "base_dir": base_dir, "created_at": utcnow()}
     ], conflict=["id"])
 

@@ -227,7 +227,7 @@ def test_a_full_disk_stops_the_run_once_and_the_paid_reply_is_written_by_the_rer
     try:
         with pytest.raises(StoreUnavailableError) as info:
             grade_batch(first, prepared.request, deps)
-        assert info.value.message == f"the store {url} failed: the disk is full"
+        assert info.value.message == f"the store {tmp_path / 'qbq.db'} failed: the disk is full"
         assert len(provider.calls) == 1 and len(list(deps.spill_dir.iterdir())) == 1
         with pytest.raises(StoreUnavailableError, match="the disk is full"):
             grade_batch(second, prepared.request, deps)
