@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -31,6 +30,7 @@ from qbq.errors import (
 )
 from qbq.payload import NativePayload
 from qbq.settings import GradingPolicy, get_settings
+from qbq.terminal import stderr, stdout
 
 if TYPE_CHECKING:
     from qbq.pipeline import RunResult
@@ -44,8 +44,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                        "vision model, as a Prefect flow.")
 register_reports(app)
 register_models(app)
-console = Console()
-err = Console(stderr=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_NOT_DELIVERED = 0, 1, 2, 3
 
@@ -56,7 +54,7 @@ def _input_errors() -> Iterator[None]:
     try:
         yield
     except (InputError, PlanningError) as exc:
-        err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False)
+        stderr().print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False)
         raise typer.Exit(EXIT_INVALID) from exc
 
 
@@ -129,10 +127,10 @@ def run_grade(request_path: Path, *, verbose: bool, out: Path | None) -> RunResu
     from qbq.progress import BatchProgress, subscribed
 
     plan = prepared.plan
-    console.print(f"process [bold]{plan.process_id}[/]: {plan.n_students} students, "
+    stdout().print(f"process [bold]{plan.process_id}[/]: {plan.n_students} students, "
                   f"{len(plan.batches)} batches, model {escape(plan.model)}")
     columns = (TextColumn("grading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*columns, console=stdout(), transient=False) as progress:
         bar = progress.add_task("batches", total=len(plan.batches))
 
         def on_batch(event: BatchProgress) -> None:
@@ -144,7 +142,7 @@ def run_grade(request_path: Path, *, verbose: bool, out: Path | None) -> RunResu
             result = grade_assessment(request_path=str(request_path.resolve()))
     if out is not None:
         out.write_text(result.payloads.outgoing.model_dump_json(indent=2))
-        console.print(f"payload written to {out}")
+        stdout().print(f"payload written to {out}")
     return result
 
 
@@ -160,17 +158,17 @@ def grade(
 
     result = run_grade(request, verbose=verbose, out=out)
     payload = result.payloads.native
-    console.print(_marks_table(payload))
+    stdout().print(_marks_table(payload))
     s = payload.summary
-    console.print(f"{s.graded}/{s.students} graded, {s.model_calls} model calls, "
+    stdout().print(f"{s.graded}/{s.students} graded, {s.model_calls} model calls, "
                   f"{s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion tokens, "
                   f"est. ${s.estimated_cost_usd:.4f}")
     stopped = next((f.reason for f in payload.failures
                     if f.error_type == QuotaExhaustedError.__name__), None)
     if stopped is not None:  # what to do, in full (the table cuts reasons short)
-        err.print(f"[bold red]stopped:[/] {escape(stopped)}", highlight=False)
+        stderr().print(f"[bold red]stopped:[/] {escape(stopped)}", highlight=False)
     line, not_delivered = delivery_line(result)
-    console.print(line, markup=False, highlight=False, soft_wrap=True)
+    stdout().print(line, markup=False, highlight=False, soft_wrap=True)
     if not_delivered:
         raise typer.Exit(EXIT_NOT_DELIVERED)
     raise typer.Exit(EXIT_OK if payload.status == "success" else EXIT_FAILED)
@@ -229,12 +227,12 @@ def plan(
     for b in p.batches:
         table.add_row(str(b.index), str(len(b.students)), str(b.n_images),
                       f"{b.prompt_tokens:,}", f"{b.max_completion_tokens:,}", f"{b.n_bytes:,}")
-    console.print(table)
-    console.print(f"{p.n_students} students in {len(p.batches)} batches; "
+    stdout().print(table)
+    stdout().print(f"{p.n_students} students in {len(p.batches)} batches; "
                   f"{p.prompt_tokens:,} prompt tokens; est. ${p.estimated_cost_usd():.4f}")
-    console.print(_estimates_table(p))
+    stdout().print(_estimates_table(p))
     for line in intake_lines(prepared.request):
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        stdout().print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -273,7 +271,7 @@ def sample(
 
     path = write_sample(out, students=students, pages=pages, questions=questions, seed=seed,
                         model=model)
-    console.print(f"wrote {path}")
+    stdout().print(f"wrote {path}")
 
 
 @app.command()
@@ -310,9 +308,9 @@ def simulate(
             jitter=jitter, time_scale=time_scale, faults=fault or [], fault_script=fault_script,
             seed=seed, hang_s=hang_s, settings=set_ or [])
     except ValueError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        stderr().print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(EXIT_INVALID) from exc
-    console.print(f"SIMULATED OpenAI API on http://{host}:{port}/v1 — replies are not real grades")
+    stdout().print(f"SIMULATED OpenAI API on http://{host}:{port}/v1 — replies are not real grades")
     serve(host, port, config)
 
 
@@ -345,7 +343,7 @@ def demo(
 
     with _input_errors():
         code = run_demo(out, students=students, pages=pages, questions=questions,
-                        batch_size=batch_size, console=console, table=_marks_table,
+                        batch_size=batch_size, console=stdout(), table=_marks_table,
                         grade=lambda path: run_grade(path, verbose=False,
                                                      out=None).payloads.native)
     raise typer.Exit(code)
@@ -355,5 +353,5 @@ def main() -> None:
     try:
         app()
     except QbqError as exc:  # a runtime failure that escaped a command: report, exit 1
-        err.print(f"[bold red]{exc.error_type}:[/] {escape(exc.message)}", highlight=False)
+        stderr().print(f"[bold red]{exc.error_type}:[/] {escape(exc.message)}", highlight=False)
         raise SystemExit(EXIT_FAILED) from exc

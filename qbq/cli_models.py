@@ -7,14 +7,13 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from qbq.catalog import MODELS, ModelSpec, Prices
+from qbq.terminal import stdout
 
 __all__ = ["model_rows", "register"]
 
-console = Console()
 
 
 def _prices(p: Prices | None) -> dict[str, float | None] | None:
@@ -101,8 +100,8 @@ def models(
     if as_json:
         sys.stdout.write(json.dumps(model_rows(), indent=2) + "\n")
         return
-    console.print(_table())
-    console.print("Sources: `qbq models --json` (per figure) and README 'Models'.",
+    stdout().print(_table())
+    stdout().print("Sources: `qbq models --json` (per figure) and README 'Models'.",
                   highlight=False)
 
 

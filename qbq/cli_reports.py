@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from qbq.settings import get_settings
+from qbq.terminal import stderr, stdout
 
 if TYPE_CHECKING:
     from qbq.observability.metrics import ProcessMetrics
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-console = Console()
-err = Console(stderr=True)
 EXIT_INVALID = 2
 
 
@@ -37,7 +35,7 @@ def _store() -> Store:
     url = get_settings().database_url
     path = sqlite_file(url)
     if path is not None and not path.exists():
-        err.print(f"[bold red]error:[/] no qbq store at {path} (QBQ_DATABASE_URL); run this "
+        stderr().print(f"[bold red]error:[/] no qbq store at {path} (QBQ_DATABASE_URL); run this "
                   "where `qbq grade` ran, or set QBQ_DATABASE_URL to its store",
                   highlight=False, markup=True)
         raise typer.Exit(EXIT_INVALID)
@@ -47,7 +45,7 @@ def _store() -> Store:
 
 
 def _unknown(process_id: str, store: Store) -> typer.Exit:
-    err.print(f"[bold red]error:[/] no process {escape(repr(process_id))} in the store at "
+    stderr().print(f"[bold red]error:[/] no process {escape(repr(process_id))} in the store at "
               f"{escape(store.label)}",
               highlight=False)
     return typer.Exit(EXIT_INVALID)
@@ -113,10 +111,10 @@ def report(
         _print_json(body)
     else:
         table = _metrics_table(process_id, metrics, body)
-        console.print(table)
+        stdout().print(table)
     if csv or parquet or chart:
         frame = marks_frame(store, process_id)
-        out = err if as_json else console
+        out = stderr() if as_json else stdout()
         if csv:
             out.print(f"marks written to {export_marks(frame, csv, 'csv')}")
         if parquet:
@@ -170,7 +168,7 @@ def review(
                          ratio=3 if c in ("reason", "feedback") else None)
     for record in records:
         table.add_row(*(_fmt(record[c]) for c in columns))
-    console.print(table)
+    stdout().print(table)
 
 
 def status(
@@ -259,7 +257,7 @@ def status(
                 table.add_row("delivery", "no delivery queued")
             continue
         table.add_row(name.replace("_", " "), _fmt(value))
-    console.print(table)
+    stdout().print(table)
 
 
 def purge(
@@ -273,10 +271,10 @@ def purge(
     try:
         age = parse_age(older_than)
     except ValueError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        stderr().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_INVALID) from exc
     done = run_purge(_store(), age)
-    console.print(f"purged {done.raw_responses} raw model replies and {done.outbox_payloads} "
+    stdout().print(f"purged {done.raw_responses} raw model replies and {done.outbox_payloads} "
                   f"delivered payloads last written before {done.cutoff:%Y-%m-%d %H:%M:%S} UTC")
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
-from qbq import cli_models
 from qbq.catalog import MODELS
 from qbq.cli import app
 
@@ -34,8 +32,7 @@ def test_models_json_lists_every_model_with_figures_and_sources() -> None:
 
 
 def test_models_table_names_every_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    # the console was made at import, when COLUMNS may not have been set: a wide one here
-    monkeypatch.setattr(cli_models, "console", Console(width=250))
+    monkeypatch.setenv("COLUMNS", "250")  # the console is made when the command prints
     result = CliRunner().invoke(app, ["models"])
     assert result.exit_code == 0, result.output
     for name in MODELS:

@@ -12,11 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 import typer
-from rich.console import Console
 from sqlalchemy import update
 from typer.testing import CliRunner
 
-from qbq import cli_reports
 from qbq.cli_reports import register
 from qbq.delivery import drain_outbox
 from qbq.http import make_http_client
@@ -223,9 +221,7 @@ def test_store_reading_commands_name_the_store_and_never_create_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "elsewhere" / "qbq.db"
     monkeypatch.setenv("QBQ_DATABASE_URL", f"sqlite:///{db}")
-    # the consoles were made at import, when COLUMNS may not have been set: wide ones here
-    monkeypatch.setattr(cli_reports, "err", Console(stderr=True, width=300))
-    monkeypatch.setattr(cli_reports, "console", Console(width=300))
+    monkeypatch.setenv("COLUMNS", "300")  # the consoles are made when the command prints
     app = typer.Typer()
     register(app)
     for command in (["status", "qbq-x"], ["review", "qbq-x"], ["report", "qbq-x"], ["purge"]):
