@@ -128,7 +128,7 @@ def run_grade(request_path: Path, *, verbose: bool, out: Path | None) -> RunResu
 
     plan = prepared.plan
     stdout().print(f"process [bold]{plan.process_id}[/]: {plan.n_students} students, "
-                  f"{len(plan.batches)} batches, model {escape(plan.model)}")
+                   f"{len(plan.batches)} batches, model {escape(plan.model)}")
     columns = (TextColumn("grading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stdout(), transient=False) as progress:
         bar = progress.add_task("batches", total=len(plan.batches))
@@ -161,8 +161,8 @@ def grade(
     stdout().print(_marks_table(payload))
     s = payload.summary
     stdout().print(f"{s.graded}/{s.students} graded, {s.model_calls} model calls, "
-                  f"{s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion tokens, "
-                  f"est. ${s.estimated_cost_usd:.4f}")
+                   f"{s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion tokens, "
+                   f"est. ${s.estimated_cost_usd:.4f}")
     stopped = next((f.reason for f in payload.failures
                     if f.error_type == QuotaExhaustedError.__name__), None)
     if stopped is not None:  # what to do, in full (the table cuts reasons short)
@@ -229,7 +229,7 @@ def plan(
                       f"{b.prompt_tokens:,}", f"{b.max_completion_tokens:,}", f"{b.n_bytes:,}")
     stdout().print(table)
     stdout().print(f"{p.n_students} students in {len(p.batches)} batches; "
-                  f"{p.prompt_tokens:,} prompt tokens; est. ${p.estimated_cost_usd():.4f}")
+                   f"{p.prompt_tokens:,} prompt tokens; est. ${p.estimated_cost_usd():.4f}")
     stdout().print(_estimates_table(p))
     for line in intake_lines(prepared.request):
         stdout().print(line, markup=False, highlight=False, soft_wrap=True)

@@ -15,7 +15,6 @@ from qbq.terminal import stdout
 __all__ = ["model_rows", "register"]
 
 
-
 def _prices(p: Prices | None) -> dict[str, float | None] | None:
     if p is None:
         return None
@@ -102,7 +101,7 @@ def models(
         return
     stdout().print(_table())
     stdout().print("Sources: `qbq models --json` (per figure) and README 'Models'.",
-                  highlight=False)
+                   highlight=False)
 
 
 def register(app: typer.Typer) -> None:

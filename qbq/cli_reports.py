@@ -36,8 +36,8 @@ def _store() -> Store:
     path = sqlite_file(url)
     if path is not None and not path.exists():
         stderr().print(f"[bold red]error:[/] no qbq store at {path} (QBQ_DATABASE_URL); run this "
-                  "where `qbq grade` ran, or set QBQ_DATABASE_URL to its store",
-                  highlight=False, markup=True)
+                       "where `qbq grade` ran, or set QBQ_DATABASE_URL to its store",
+                       highlight=False, markup=True)
         raise typer.Exit(EXIT_INVALID)
     store = Store(url)
     store.migrate()
@@ -46,8 +46,8 @@ def _store() -> Store:
 
 def _unknown(process_id: str, store: Store) -> typer.Exit:
     stderr().print(f"[bold red]error:[/] no process {escape(repr(process_id))} in the store at "
-              f"{escape(store.label)}",
-              highlight=False)
+                   f"{escape(store.label)}",
+                   highlight=False)
     return typer.Exit(EXIT_INVALID)
 
 
@@ -275,7 +275,7 @@ def purge(
         raise typer.Exit(EXIT_INVALID) from exc
     done = run_purge(_store(), age)
     stdout().print(f"purged {done.raw_responses} raw model replies and {done.outbox_payloads} "
-                  f"delivered payloads last written before {done.cutoff:%Y-%m-%d %H:%M:%S} UTC")
+                   f"delivered payloads last written before {done.cutoff:%Y-%m-%d %H:%M:%S} UTC")
 
 
 def log_config() -> None:
