@@ -2,14 +2,14 @@
 
 Drives the real `qbq grade` (a Prefect flow, in 1 or 2 concurrent processes sharing one API
 key) against the OpenAI simulator with time compressed 60×, in four regimes — token-bound,
-request-bound, latency/concurrency-bound, and realistic (each request worth ~10 s of the token
-rate and thousands of output tokens, with qbq's default 1 s burst in simulated time, so every
-request is far bigger than the burst) — and runs the same batches through two baselines:
-Prefect's `rate_limit`/`concurrency` used directly, and a cookbook-style processor (minute-sized
-token buckets, a fixed 15 s pause after a 429). Prints batches, ideal makespan (from the
-limits), actual makespan, ratio (ideal/actual), 429s and per-batch orchestration overhead, then
-the 1,000-batch overhead run. `--plot out.png` draws tokens/s and requests in flight over time
-against the limit. The last line is a one-line summary.
+request-bound, latency/concurrency-bound, and realistic (requests of 6.4-13.8 s of the token
+rate, 10.6 s on average, with 2,172 max_completion_tokens each, and qbq's default 1 s burst in
+simulated time, so every request is far bigger than the burst) — and runs the same batches
+through two baselines: Prefect's `rate_limit`/`concurrency` used directly, and a cookbook-style
+processor (minute-sized token buckets, a fixed 15 s pause after a 429). Prints batches, ideal
+makespan (from the limits), actual makespan, ratio (ideal/actual), 429s and per-batch
+orchestration overhead, then the 1,000-batch overhead run. `--plot out.png` draws tokens/s and
+requests in flight over time against the limit. The last line is a one-line summary.
 
 `--learned` adds qbq runs without QBQ_RPM/QBQ_TPM: the first request probes alone, then
 every process paces at the limits the simulator's x-ratelimit-limit-* headers state. Their
@@ -27,6 +27,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -65,6 +66,9 @@ class Regime:
     students_per_batch: int = 3
     #: qbq's and the ideal sender's burst in real seconds; None: QBQ_BURST_S and IDEAL_BURST_S
     burst_s: float | None = None
+    questions: int = 3
+    #: each student's page count is drawn from this range (seeded), so request sizes spread
+    pages: tuple[int, int] = (1, 1)
 
     def real_rate(self, per_sim_minute: int | None) -> float:
         """Per real second."""
@@ -86,10 +90,11 @@ REGIMES = (
     # 1 s latency, 3 in flight per process: 3 batches/s per process
     Regime("latency-bound", sim_rpm=100_000, sim_tpm=500_000_000, latency_ms=60_000,
            max_in_flight=3),
-    # 6 students a batch: ~6,600 tokens charged (~3,300 of them max_completion_tokens) = 9.9 s
-    # of a 40,000 TPM key; 30 s latency; qbq's default burst of 1 s, here in simulated time
+    # 3 students a batch of 1-6 pages each, 4 questions: 4,300-10,000 tokens charged (2,172 of
+    # them max_completion_tokens) = 6.4-15 s of a 40,000 TPM key, 10.7 s on average; 30 s
+    # latency; qbq's default burst of 1 s, here in simulated time
     Regime("realistic", sim_rpm=10_000, sim_tpm=40_000, latency_ms=30_000, max_in_flight=8,
-           students_per_batch=6, burst_s=1.0 / TIME_SCALE),
+           students_per_batch=3, burst_s=1.0 / TIME_SCALE, questions=4, pages=(1, 6)),
 )
 #: qbq's burst: half the provider's one-second bucket, leaving room for arrival jitter.
 QBQ_BURST_S = "0.5"
@@ -171,17 +176,22 @@ def sim_stats(server: BackgroundServer) -> dict[str, Any]:
 # --- the workload ----------------------------------------------------------------------------
 
 
-def write_requests(work: Path, batches: int, parts: int, tag: str,
-                   per_batch: int = STUDENTS_PER_BATCH) -> list[Path]:
-    """`batches` × `per_batch` students split into `parts` requests (one per flow process)."""
-    per_part = batches // parts * per_batch
+def write_requests(work: Path, batches: int, parts: int, tag: str, regime: Regime) -> list[Path]:
+    """`batches` × the regime's students per batch, split into `parts` requests (one per flow
+    process); each student keeps a seeded draw of the regime's page range (the truth is on the
+    first page, so every student still has one)."""
+    per_part = batches // parts * regime.students_per_batch
+    low, high = regime.pages
     paths = []
     for i in range(parts):
-        path = write_sample(work / f"{tag}-{i}", students=per_part, pages=1, questions=3,
-                            seed=i, page_size=(400, 560), assessment_id=f"{tag}-{i}")
+        path = write_sample(work / f"{tag}-{i}", students=per_part, pages=high,
+                            questions=regime.questions, seed=i, page_size=(400, 560),
+                            assessment_id=f"{tag}-{i}")
         body = json.loads(path.read_text())
+        draw = random.Random(i)
         for student in body["students"]:  # one ref prefix per process, for per-group timing
             student["ref"] = f"P{i}-{student['ref']}"
+            student["pages"] = student["pages"][:draw.randint(low, high)]
         path.write_text(json.dumps(body))
         paths.append(path)
     return paths
@@ -619,9 +629,8 @@ def main() -> None:
                 for regime in REGIMES:
                     if args.regime and regime.name not in args.regime:
                         continue
-                    per = regime.students_per_batch
-                    one = write_requests(work, args.batches, 1, f"{regime.name}-one", per)
-                    two = write_requests(work, args.batches, 2, f"{regime.name}-two", per)
+                    one = write_requests(work, args.batches, 1, f"{regime.name}-one", regime)
+                    two = write_requests(work, args.batches, 2, f"{regime.name}-two", regime)
                     runners: list[tuple[str, Callable[[], Result]]] = [
                         ("qbq 1 process",
                          lambda r=regime, q=one: run_qbq(r, q, work, api_url)),
