@@ -26,7 +26,7 @@ from sqlalchemy.pool import StaticPool
 from qbq.errors import StoreUnavailableError
 from qbq.settings import QbqSettings
 from qbq.store.models import StoreMetaRow
-from qbq.store.outage import classify, persistent_cause
+from qbq.store.outage import classify, outage_cause, persistent_cause
 
 __all__ = ["MIGRATION_LOCK_ID", "Store", "alembic_config", "describe_store", "migration_connection",
            "sqlite_file"]
@@ -216,7 +216,7 @@ class Store:
                 if waited >= self.outage_s:
                     raise self._stop(
                         f"the store {self.label} was unreachable for {waited:.0f} s "
-                        f"(QBQ_DB_OUTAGE_S={self.outage_s:g}): {type(exc.orig).__name__}"
+                        f"(QBQ_DB_OUTAGE_S={self.outage_s:g}): {outage_cause(exc)}"
                     ) from None
                 self._sleep(min(_OUTAGE_BACKOFF_MAX_S, 0.05 * 2**attempt,
                                 max(0.0, self.outage_s - waited)))

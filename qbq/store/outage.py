@@ -12,7 +12,8 @@ from typing import Final, Literal
 
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["PERSISTENT", "TRANSIENT", "StoreErrorKind", "classify", "persistent_cause"]
+__all__ = ["PERSISTENT", "TRANSIENT", "StoreErrorKind", "classify", "outage_cause",
+           "persistent_cause"]
 
 StoreErrorKind = Literal["transient", "persistent"]
 
@@ -72,3 +73,15 @@ def persistent_cause(exc: BaseException) -> str:
         return _SQLITE_PERSISTENT.get(code, type(orig).__name__)
     state = _sqlstate(orig) if orig is not None else None
     return PERSISTENT.get(state or "", type(orig).__name__)
+
+
+def outage_cause(exc: BaseException) -> str:
+    """The words for a connection failure ridden out too long: the driver's error type and the
+    first line of its message (e.g. `OperationalError: connection failed: connection to server
+    at "127.0.0.1", port 5432 failed: Connection refused`), at most 200 characters. A connection
+    error carries no statement parameters, and the URL's password is never in it."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    name = type(orig).__name__
+    text = str(orig).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    return f"{name}: {first[:200]}" if first else name

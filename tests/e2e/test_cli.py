@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -159,4 +161,29 @@ def test_half_set_rate_limits_fail_loudly(sample: Path, tmp_path: Path,
                             env=env, timeout=120, check=False)
     assert result.returncode == 2
     assert "set both QBQ_RPM and QBQ_TPM" in " ".join(result.stderr.split())
+    assert httpx.get(f"{simulator.url}/_sim/stats", timeout=10).json()["requests"] == 0
+
+
+def test_an_unreachable_store_ends_grade_in_one_line_naming_it(sample: Path,
+                                                              simulator: BackgroundServer) -> None:
+    """QBQ_DATABASE_URL names a PostgreSQL nobody listens on: after QBQ_DB_OUTAGE_S `qbq grade`
+    prints one error naming the store (password hidden) and the driver's reason, no traceback,
+    exit 1, and no model call is made."""
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    httpx.post(f"{simulator.url}/_sim/reset", timeout=10)
+    result = run(["grade", str(sample)], env={
+        "OPENAI_BASE_URL": f"{simulator.url}/v1", "OPENAI_API_KEY": "sk-test",
+        "QBQ_RPM": "500", "QBQ_TPM": "2000000", "QBQ_DB_OUTAGE_S": "1",
+        "QBQ_DATABASE_URL": f"postgresql+psycopg://qbq:s3cret-pw@127.0.0.1:{port}/qbq",
+        "COLUMNS": "300"})
+    assert result.returncode == 1, result.stderr
+    err = " ".join(result.stderr.split())
+    assert re.search(rf"StoreUnavailableError: the store postgresql\+psycopg://qbq:\*\*\*@127\.0\.0\.1:"
+                     rf"{port}/qbq was unreachable for \d+ s \(QBQ_DB_OUTAGE_S=1\): "
+                     r"OperationalError: ", err), err
+    assert "Connection refused" in err
+    assert "Traceback" not in result.stderr
+    assert "s3cret-pw" not in result.stdout + result.stderr
     assert httpx.get(f"{simulator.url}/_sim/stats", timeout=10).json()["requests"] == 0
