@@ -101,7 +101,8 @@ class CircuitBroken(WrapperProvider):
     """Waits while the breaker is open; tells it about every provider failure and success.
 
     A 429 (`RateLimitedError`) is told as throttling, not as a failure: the rate limiter paces
-    it, and a storm of them must not open the breaker.
+    it, and a storm of them must not open the breaker (a probe answered 429 closes it). A probe
+    that ends in anything else that is no provider answer frees the probe slot.
 
     Raises `ProviderDownError` (from the breaker) once an outage outlasts its give-up time. A
     `QuotaExhaustedError` stops the breaker: every later request of the run raises it at once,
@@ -113,17 +114,20 @@ class CircuitBroken(WrapperProvider):
         self.breaker = breaker
 
     def complete(self, request: ChatRequest) -> ChatReply:
-        self.breaker.before_call()
+        probe = self.breaker.before_call()
         try:
             reply = self.wrapped.complete(request)
         except QuotaExhaustedError as exc:
             self.breaker.stop(exc)
             raise
         except RateLimitedError:
-            self.breaker.record_throttled()
+            self.breaker.record_throttled(probe=probe)
             raise
         except ProviderError:
             self.breaker.record_failure()
+            raise
+        except BaseException:
+            self.breaker.release_probe(probe=probe)
             raise
         self.breaker.record_success()
         return reply

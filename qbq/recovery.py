@@ -21,8 +21,9 @@ class CircuitBreaker:
 
     A failure is an outage sign: a 5xx, a timeout, a lost connection. A 429 is not one (the
     provider answered, and the rate limiter already pauses every sender for the wait it states):
-    `record_throttled` leaves the streak as it is, so a 429 storm on a shared key cannot open the
-    breaker or make it give up with `ProviderDownError`.
+    `record_throttled` leaves the streak as it is, and a 429 answering the half-open probe
+    closes the breaker, so a 429 storm on a shared key can neither open the breaker nor make it
+    give up with `ProviderDownError`.
 
     Open: senders wait out the cool-down (and `on_open` pauses the shared limiter, so other
     processes wait too). Then one probe goes through (half-open): success closes the breaker,
@@ -57,9 +58,11 @@ class CircuitBreaker:
             self._stopped = error
             self._cond.notify_all()
 
-    def before_call(self) -> None:
+    def before_call(self) -> bool:
         """Wait while open; raise `ProviderDownError` once the outage outlasts the limit, or
-        the stopping `QuotaExhaustedError` once stopped."""
+        the stopping `QuotaExhaustedError` once stopped. Returns True when this call is the
+        half-open probe (its outcome decides the breaker; pass it back to `record_throttled`
+        or `release_probe`)."""
         while True:
             with self._cond:
                 if self._stopped is not None:
@@ -67,7 +70,7 @@ class CircuitBreaker:
                                               status_code=self._stopped.status_code)
                 now = self._clock()
                 if self.state == "closed":
-                    return
+                    return False
                 assert self._outage_start is not None
                 down_for = now - self._outage_start
                 if down_for >= self.give_up_after_s:
@@ -78,7 +81,7 @@ class CircuitBreaker:
                     self.state = "half_open"
                 if self.state == "half_open" and not self._probe_in_flight:
                     self._probe_in_flight = True
-                    return
+                    return True
                 wait = max(0.05, self._open_until - now) if self.state == "open" else 0.05
             self._sleep(min(wait, 1.0))
 
@@ -91,9 +94,18 @@ class CircuitBreaker:
             self._current_cooldown = self.cooldown_s
             self._cond.notify_all()
 
-    def record_throttled(self) -> None:
-        """The provider answered 429: neither a failure nor proof that an outage is over. A
-        half-open probe that got it frees the probe slot, so the next call probes again."""
+    def record_throttled(self, *, probe: bool) -> None:
+        """The provider answered 429. Not a failure: the streak stays as it is. For the half-open
+        `probe` it ends the outage (the provider answers; the rate limiter paces the rest), so
+        the breaker closes; any other call's 429 changes nothing."""
+        if probe:
+            self.record_success()
+
+    def release_probe(self, *, probe: bool) -> None:
+        """The call ended without a provider answer or failure (e.g. a configuration error
+        before it was sent): a probe frees its slot, so the next call probes instead."""
+        if not probe:
+            return
         with self._cond:
             self._probe_in_flight = False
             self._cond.notify_all()

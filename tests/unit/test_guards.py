@@ -177,17 +177,48 @@ def test_a_429_storm_neither_opens_the_breaker_nor_makes_it_give_up() -> None:
     assert clock.slept == [5] * 20  # the breaker itself never waited
 
 
-def test_a_half_open_probe_answered_429_lets_the_next_call_probe() -> None:
+def test_a_half_open_probe_answered_429_closes_the_breaker() -> None:
+    """The provider answers (429): the outage is over and the limiter paces the rest, so a run
+    of 429s after an outage cannot end in ProviderDownError."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(threshold=1, cooldown_s=10, give_up_after_s=30, clock=clock.time,
+                             sleep=clock.sleep)
+    down = ProviderUnavailableError("503", status_code=503)
+    provider = CircuitBroken(Provider([down] + [RateLimitedError("429")] * 10), breaker)
+    with pytest.raises(ProviderUnavailableError):
+        provider.complete(request())
+    assert breaker.state == "open"
+    for _ in range(10):  # the probe, then every later call, is throttled for 10 × 5 s
+        with pytest.raises(RateLimitedError):
+            provider.complete(request())
+        assert breaker.state == "closed"
+        clock.sleep(5)
+    provider.complete(request())
+    assert breaker.opened_count == 1
+
+
+def test_only_the_probe_frees_the_probe_slot() -> None:
+    """A call that started before the breaker opened and comes back 429 while the probe is
+    out does not let a second probe through; a probe ending without a provider answer does."""
+    breaker = CircuitBreaker(threshold=1, cooldown_s=0, give_up_after_s=100)
+    breaker.record_failure()  # open, cool-down over at once
+    assert breaker.before_call() is True  # the probe
+    breaker.record_throttled(probe=False)  # the stale call's 429
+    assert breaker.state == "half_open" and breaker._probe_in_flight
+    breaker.release_probe(probe=True)  # the probe ended in a configuration error
+    assert not breaker._probe_in_flight
+    assert breaker.before_call() is True  # the next call probes
+
+
+def test_a_probe_that_raises_no_provider_error_frees_the_slot() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(threshold=1, cooldown_s=10, give_up_after_s=100, clock=clock.time,
                              sleep=clock.sleep)
     down = ProviderUnavailableError("503", status_code=503)
-    provider = CircuitBroken(Provider([down, RateLimitedError("429")]), breaker)
+    provider = CircuitBroken(Provider([down, ValueError("not the provider")]), breaker)
     with pytest.raises(ProviderUnavailableError):
         provider.complete(request())
-    assert breaker.state == "open"
-    with pytest.raises(RateLimitedError):
-        provider.complete(request())  # waits out the cool-down; the probe is throttled
-    assert breaker.state == "half_open"
-    provider.complete(request())  # probes again at once rather than waiting forever
+    with pytest.raises(ValueError):
+        provider.complete(request())  # the probe, after the cool-down
+    provider.complete(request())  # probes again rather than waiting until give-up
     assert breaker.state == "closed"
