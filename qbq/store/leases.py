@@ -69,8 +69,6 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-
-
 def acquire_batch_lease(session: Session, key: str, *, owner: str, now: datetime,
                         lease_s: float) -> BatchClaim:
     """Claim a batch for grading: `claimed` (it is ours now), `done` (it already succeeded) or

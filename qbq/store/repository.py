@@ -60,7 +60,7 @@ __all__ = [
 #: Longest `batch_attempts.detail` kept; longer details are cut.
 ATTEMPT_DETAIL_MAX = DETAIL_MAX
 _LAST_ERROR_MAX = 2000
-#: Keys per IN (...) list, well below SQLite's bound-parameter limit.
+
 #: For each target process status, the statuses it may be reached from.
 _PROCESS_FROM: dict[ProcessStatus, tuple[ProcessStatus, ...]] = {
     "planned": ("planned",),
@@ -482,17 +482,9 @@ def _usage_columns(usage: Usage | None) -> dict[str, Any]:
             "reasoning_tokens": usage.reasoning_tokens, "latency_ms": usage.latency_ms}
 
 
-
-
-
-
 def _fresh(stmt: Select[Any]) -> Select[Any]:
     """Overwrite rows already in the session with what the database holds now."""
     return stmt.execution_options(populate_existing=True)
-
-
-
-
 
 
 def _require_batch_status(session: Session, key: str, target: str, *, allowed_final: str) -> None:
