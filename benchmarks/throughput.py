@@ -49,7 +49,7 @@ from qbq.preparation import Prepared, prepare  # noqa: E402
 from qbq.prompts import StudentPages, build_messages, response_format  # noqa: E402
 from qbq.sample import write_sample  # noqa: E402
 from qbq.settings import GradingPolicy, QbqSettings  # noqa: E402
-from qbq.simulator import BackgroundServer, SimConfig, create_app  # noqa: E402
+from qbq.simulator import BackgroundServer, SimConfig, create_app, stamp_arrival  # noqa: E402
 from qbq.testing.harness import batch_refs, buffer_body, pg_database, prefect_server  # noqa: E402
 
 TIME_SCALE = 60.0
@@ -125,6 +125,7 @@ class Timing:
             return
         start = time.perf_counter()
         status = 0
+        stamp_arrival(scope, self.app.state.sim)  # the arrival, before this wrapper's own work
         body, replay = await buffer_body(receive)
         refs = batch_refs(body)
         group = refs[0].split("-")[0] if refs else "?"
@@ -238,32 +239,40 @@ IDEAL_BURST_S = 1.0
 
 
 def ideal_makespan(regime: Regime, n_batches: int, charged_tokens: int, processes: int,
-                   service_s: float) -> float:
+                   service_s: float, largest: float = 0.0) -> float:
     """The shortest time the limits allow: the work at the allowed rate after a one-second
     burst (the regime's own burst when it sets one), plus the last answer's time; or, when
     concurrency binds, rounds of `slots` requests each lasting the simulator's measured mean
-    service time (its latency plus its own work)."""
+    service time (its latency plus its own work). `largest`: the biggest request's tokens (the
+    ideal sender sends it last; 0: the mean request)."""
     r_req, r_tok = regime.real_rate(regime.sim_rpm), regime.real_rate(regime.sim_tpm)
     burst = regime.burst_s if regime.burst_s is not None else IDEAL_BURST_S
     by_requests = max(0.0, n_batches - max(1.0, r_req * burst)) / r_req
     # the last request starts once the others' tokens are paid for, less the burst; a request
     # bigger than the burst starts on a full bucket, so then its own size stands in for it
-    largest = charged_tokens / max(1, n_batches)
+    largest = largest or charged_tokens / max(1, n_batches)
     by_tokens = max(0.0, charged_tokens - max(r_tok * burst, largest)) / r_tok
     slots = regime.max_in_flight * processes
     by_latency = math.ceil(n_batches / slots) * service_s
     return max(by_requests + service_s, by_tokens + service_s, by_latency)
 
 
+def largest_request(requests: list[Path], per_batch: int) -> int:
+    """Tokens charged for the biggest planned request (prompt + `max_completion_tokens`)."""
+    return max(b.prompt_tokens + b.max_completion_tokens
+               for r in requests for b in plan_of(r, per_batch).plan.batches)
+
+
 def _result(name: str, regime: Regime, server: BackgroundServer, timing: Timing,
-            processes: int, learned: bool = False) -> Result:
+            processes: int, requests: list[Path], learned: bool = False) -> Result:
     stats = sim_stats(server)
     ok = stats["by_status"].get("200", 0)
     charged = sum(second["tokens"] for second in stats["timeline"])
     service_s = timing.busy_ok_s / max(1, timing.ok)
+    largest = largest_request(requests, regime.students_per_batch)
     # processes start a little apart (their CLI start-up differs): the ideal starts each at its
     # own first request, so start-up skew is not counted as orchestration overhead
-    ideal = ideal_makespan(regime, ok, charged, processes, service_s)
+    ideal = ideal_makespan(regime, ok, charged, processes, service_s, largest)
     if learned:
         # a sender that has not yet been told the limits can only send one request and wait
         # for its reply (the probe): the shortest schedule starts one service time later
@@ -335,7 +344,7 @@ def run_qbq(regime: Regime, requests: list[Path], work: Path, api_url: str,
                 raise RuntimeError(f"qbq grade failed ({proc.returncode}): {err.decode()[-2000:]}")
         name = (f"qbq ({len(requests)} process{'es' if len(requests) > 1 else ''}"
                 f"{', learned' if learned else ''})")
-        return _result(name, regime, server, timing, len(requests), learned)
+        return _result(name, regime, server, timing, len(requests), requests, learned)
 
 
 # --- baseline 1: Prefect's rate_limit / concurrency used directly --------------------------------
@@ -410,7 +419,7 @@ def run_prefect_baseline(regime: Regime, request: Path, api_url: str) -> Result:
                 f"{regime.max_in_flight}, {regime.students_per_batch})")
         subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=900,
                        capture_output=True)
-        return _result("prefect rate_limit/concurrency", regime, server, timing, 1)
+        return _result("prefect rate_limit/concurrency", regime, server, timing, 1, [request])
 
 
 # --- baseline 2: the cookbook's parallel processor ---------------------------------------------
@@ -475,7 +484,7 @@ def run_cookbook(regime: Regime, request: Path) -> Result:
 
         asyncio.run(main())
         del client
-        return _result("cookbook processor (75%)", regime, server, timing, 1)
+        return _result("cookbook processor (75%)", regime, server, timing, 1, [request])
 
 
 # --- orchestration overhead: 1,000 batches, zero latency, no limits -----------------------------

@@ -1,7 +1,7 @@
 """An OpenAI-compatible simulator for tests and demos (chat completions, prompt caching,
 reasoning, flex and the Batch API); its output is simulated."""
 
-from qbq.simulator.app import create_app
+from qbq.simulator.app import create_app, stamp_arrival
 from qbq.simulator.config import SimConfig, sim_config_from_cli
 from qbq.simulator.faults import FAULT_KINDS
 from qbq.simulator.grading import simulated_mark
@@ -17,4 +17,5 @@ __all__ = [
     "serve",
     "sim_config_from_cli",
     "simulated_mark",
+    "stamp_arrival",
 ]

@@ -12,10 +12,11 @@ Time: the simulator keeps simulated time, `time_scale` times faster than wall ti
 refill, latencies, cache retention and batches run in simulated time; `retry-after` and
 `x-ratelimit-reset-*` headers are wall seconds, so a client honouring them behaves right;
 `/_sim/stats` timelines are simulated seconds. A chat request is charged to the rate limits
-at the simulated time it arrived (stamped by `StampArrival` before anything else runs), as a
-provider's edge counts a request when it comes in: the simulator's own work on it (decoding
-images, counting tokens — slow on a loaded machine, and 60× slower in simulated time at a 60×
-time scale) must not bunch arrivals that the client spaced out.
+at the simulated time it arrived, and in arrival order (stamped with both by `StampArrival`
+before anything else runs), as a provider's edge counts a request when it comes in: the
+simulator's own work on it (decoding images, counting tokens — slow on a loaded machine, and
+60× slower in simulated time at a 60× time scale) must neither bunch arrivals that the client
+spaced out nor reorder them.
 
 Status codes in `/_sim/stats` are those sent, plus 499 for an accepted request whose client
 went away before the answer (the simulator stops waiting for it then).
@@ -70,6 +71,7 @@ __all__ = [
     "answer",
     "complete",
     "create_app",
+    "stamp_arrival",
     "usage_counts",
 ]
 
@@ -230,17 +232,33 @@ def _public_config(config: SimConfig) -> dict[str, Any]:
     return data
 
 
+CHAT_PATH = "/v1/chat/completions"
+
+
+def stamp_arrival(scope: Any, state: SimState) -> None:
+    """Stamp an HTTP request's ASGI scope, once, with the simulated time it arrived
+    (`scope["state"]["sim_arrived"]`, read as `request.state.sim_arrived`) and, for a chat
+    request, its arrival ticket (`sim_ticket`). A wrapper that reads the body before the app
+    (a measuring middleware) calls this first, so the stamp is the arrival, not its own work."""
+    if scope["type"] != "http":
+        return
+    stamps = scope.setdefault("state", {})
+    if "sim_arrived" in stamps:
+        return
+    stamps["sim_arrived"] = state.now()
+    if scope.get("method") == "POST" and scope.get("path") == CHAT_PATH:
+        stamps["sim_ticket"] = state.take_ticket()
+
+
 class StampArrival:
-    """Pure ASGI middleware: stamps each HTTP request with the simulated time it arrived
-    (`scope["state"]["sim_arrived"]`, read as `request.state.sim_arrived`)."""
+    """Pure ASGI middleware, outermost in the app: `stamp_arrival` before anything else runs."""
 
     def __init__(self, app: Any, state: SimState) -> None:
         self.app = app
         self.state = state
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            scope.setdefault("state", {})["sim_arrived"] = self.state.now()
+        stamp_arrival(scope, self.state)
         await self.app(scope, receive, send)
 
 
@@ -280,10 +298,11 @@ def create_app(config: SimConfig, *, models: Mapping[str, ModelSpec] | None = No
             SimAPIError(exc.status_code, message).body(), status_code=exc.status_code
         )
 
-    @app.post("/v1/chat/completions")
+    @app.post(CHAT_PATH)
     async def chat_completions(request: Request) -> Response:
         call = ChatCall(request=request, config=state.config, state=state,
-                        arrived=getattr(request.state, "sim_arrived", None))
+                        arrived=getattr(request.state, "sim_arrived", None),
+                        ticket=getattr(request.state, "sim_ticket", None))
         headers = {"x-request-id": f"req_sim_{uuid.uuid4().hex}"}
         try:
             for stage in state.stages:
@@ -306,6 +325,7 @@ def create_app(config: SimConfig, *, models: Mapping[str, ModelSpec] | None = No
             )
             return error_response(error, {**headers, **call.headers})
         finally:
+            state.settle(call.ticket)  # (a request that ended before the rate limits)
             if call.accepted:
                 state.finish()
 

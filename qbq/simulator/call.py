@@ -51,6 +51,8 @@ class ChatCall:
     #: Simulated time the request reached the server (None: a batch line): the rate limits
     #: charge it then, however long decoding its images and counting its tokens took after.
     arrived: float | None = None
+    #: Its place in arrival order among chat requests (None: a batch line); charged in it.
+    ticket: int | None = None
     #: The fault drawn for this request (None: none) and the script entry it came from.
     fault: Fault | None = None
     script_entry: str | None = None

@@ -225,7 +225,11 @@ async def enforce_rate_limits(call: ChatCall) -> None:
         state.reject(fault)
         call.headers[FAULT_HEADER] = fault.label
         raise insufficient_quota_error()
-    outcome = state.admit(call)
+    await state.wait_turn(call.ticket)
+    try:
+        outcome = state.admit(call)
+    finally:
+        state.settle(call.ticket)
     time_scale = state.config.time_scale
     injected = fault is not None and fault.kind in RATE_LIMIT_FAULTS
     bare = fault is not None and fault.kind == "rate_limit_no_headers" and fault.variant == "bare"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import threading
@@ -21,6 +22,11 @@ from qbq.simulator.timeline import Timeline
 __all__ = ["SimState"]
 
 _TOKEN_KEYS = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
+
+
+#: Longest wait (wall seconds) for earlier arrivals to be charged before charging a request
+#: anyway (an earlier request may be fetching an image URL with its own timeout).
+ARRIVAL_ORDER_WAIT_S = 1.0
 
 
 class SimState:
@@ -50,6 +56,12 @@ class SimState:
         self._buckets = ProviderBuckets(config.rpm, config.tpm)
         self._timeline = Timeline()
         self.prompt_cache = PromptCache()
+        # Arrival tickets of chat requests (kept across resets, so a request in flight during a
+        # reset cannot settle a ticket a later request holds): every ticket up to
+        # `_settled_upto` has been charged or has ended without reaching the rate limits.
+        self._tickets = 0
+        self._settled_upto = 0
+        self._settled: set[int] = set()
         self._clear()
 
     def _clear(self) -> None:
@@ -182,11 +194,42 @@ class SimState:
             if fault is not None:
                 self._fault_counts[fault.kind] = self._fault_counts.get(fault.kind, 0) + 1
 
+    # --- arrival order ---------------------------------------------------------------------
+
+    def take_ticket(self) -> int:
+        """The next chat request's place in arrival order."""
+        with self._lock:
+            self._tickets += 1
+            return self._tickets
+
+    def settle(self, ticket: int | None) -> None:
+        """`ticket` was charged, or its request ended before the rate limits (idempotent)."""
+        if ticket is None:
+            return
+        with self._lock:
+            if ticket <= self._settled_upto:
+                return
+            self._settled.add(ticket)
+            while self._settled_upto + 1 in self._settled:
+                self._settled_upto += 1
+                self._settled.discard(self._settled_upto)
+
+    async def wait_turn(self, ticket: int | None) -> None:
+        """Wait until every chat request that arrived before `ticket` was charged or ended,
+        at most `ARRIVAL_ORDER_WAIT_S` wall seconds (then charge anyway): buckets are charged
+        in arrival order, whichever request's images took longest to decode."""
+        if ticket is None:
+            return
+        deadline = time.monotonic() + ARRIVAL_ORDER_WAIT_S
+        while self._settled_upto < ticket - 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+
     def admit(self, call: ChatCall) -> Outcome:
         """Charge `call` to its key's buckets, or refuse it (an injected 429 always refuses).
 
-        The charge is made as of `call.arrived` when it has one (buckets never refill
-        backwards: a call charged after a later arrival gets no refill of its own).
+        The charge is made as of `call.arrived` when it has one, in arrival order (see
+        `wait_turn`; buckets never refill backwards, so a call charged after a later arrival
+        would get no refill of its own).
 
         An accepted request joins the timeline as in flight and its fault is counted; a
         refused one counts as rejected, and gives its script entry back unless the fault
@@ -201,7 +244,7 @@ class SimState:
             else:
                 outcome = self._buckets.acquire(call.api_key, tokens, now)
             if outcome.accepted:
-                self._timeline.start(now, tokens)
+                self._timeline.start(now, tokens, in_flight_from=self.now())
             else:
                 self._timeline.reject(now)
                 if not injected and call.script_entry is not None:

@@ -53,12 +53,15 @@ class Timeline:
             )
         return self._seconds[t]
 
-    def start(self, now: float, tokens: int) -> None:
+    def start(self, now: float, tokens: int, *, in_flight_from: float | None = None) -> None:
+        """A request started (charged) at `now`; it is in flight from `in_flight_from` (when
+        it was admitted; default `now`)."""
         second = self._at(now)
-        self._in_flight += 1
         second["started"] += 1
         second["tokens"] += tokens
-        second["in_flight"] = max(second["in_flight"], self._in_flight)
+        self._in_flight += 1
+        admitted = self._at(now if in_flight_from is None else max(now, in_flight_from))
+        admitted["in_flight"] = max(admitted["in_flight"], self._in_flight)
 
     def finish(self, now: float) -> None:
         self._at(now)

@@ -406,3 +406,41 @@ def test_requests_are_charged_when_they_arrived_not_when_the_simulator_got_to_th
         # the timeline starts them at their arrivals, 1.2 wall s (72 simulated s) apart
         assert len(started) == 3
         assert [b - a for a, b in itertools.pairwise(started)] == [pytest.approx(72, abs=15)] * 2
+
+
+def test_requests_are_charged_in_arrival_order_whichever_finishes_its_checks_first() -> None:
+    """The first request's images take 1.5 wall s to check, the second (sent 1.2 s later) none:
+    charged in arrival order both fit one request a wall second; charged in the order their
+    checks finished, the first would be refused (buckets do not refill backwards)."""
+    import asyncio
+
+    from qbq.simulator.stages import enforce_rate_limits
+
+    app = create_app(SimConfig(rpm=1, time_scale=60))
+    sim: SimState = app.state.sim
+    order: list[int] = []
+
+    async def uneven_work(call: Any) -> None:
+        first = not order
+        order.append(call.ticket)
+        await asyncio.sleep(1.5 if first else 0.0)
+
+    sim.stages.insert(sim.stages.index(enforce_rate_limits), uneven_work)
+    with BackgroundServer(app) as server, sdk(server) as client:
+        statuses: dict[int, int] = {}
+
+        def one(i: int) -> None:
+            try:
+                ask(client)
+                statuses[i] = 200
+            except openai.RateLimitError:
+                statuses[i] = 429
+
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(one, 0)
+            time.sleep(1.2)
+            second = pool.submit(one, 1)
+            first.result()
+            second.result()
+        assert order == sorted(order) and len(order) == 2
+        assert statuses == {0: 200, 1: 200}
