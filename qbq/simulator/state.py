@@ -216,13 +216,18 @@ class SimState:
 
     async def wait_turn(self, ticket: int | None) -> None:
         """Wait until every chat request that arrived before `ticket` was charged or ended,
-        at most `ARRIVAL_ORDER_WAIT_S` wall seconds (then charge anyway): buckets are charged
-        in arrival order, whichever request's images took longest to decode."""
+        at most `ARRIVAL_ORDER_WAIT_S` wall seconds (then charge anyway, and no later request
+        waits for those earlier ones again): buckets are charged in arrival order, whichever
+        request's images took longest to decode."""
         if ticket is None:
             return
         deadline = time.monotonic() + ARRIVAL_ORDER_WAIT_S
         while self._settled_upto < ticket - 1 and time.monotonic() < deadline:
             await asyncio.sleep(0.002)
+        with self._lock:  # waited long enough: earlier tickets no longer hold anyone up
+            if self._settled_upto < ticket - 1:
+                self._settled_upto = ticket - 1
+                self._settled = {t for t in self._settled if t > self._settled_upto}
 
     def admit(self, call: ChatCall) -> Outcome:
         """Charge `call` to its key's buckets, or refuse it (an injected 429 always refuses).
