@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
@@ -198,7 +199,9 @@ def write_requests(work: Path, batches: int, parts: int, tag: str, regime: Regim
     return paths
 
 
+@functools.lru_cache(maxsize=32)
 def plan_of(request: Path, per_batch: int = STUDENTS_PER_BATCH) -> Prepared:
+    """The request planned once per process (runners and `largest_request` share it)."""
     settings = QbqSettings(database_url="sqlite://")
     policy = GradingPolicy(max_students_per_batch=per_batch)
     return prepare(request, settings=settings, policy=policy)

@@ -65,9 +65,14 @@ def classify(exc: BaseException) -> StoreErrorKind | None:
     return None
 
 
+def _driver_error(exc: BaseException) -> BaseException | None:
+    """The driver's own error under SQLAlchemy's wrapper (or `exc` itself)."""
+    return exc.orig if isinstance(exc, DBAPIError) else exc
+
+
 def persistent_cause(exc: BaseException) -> str:
     """The words for a persistent store error (its code's meaning, or its type)."""
-    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    orig = _driver_error(exc)
     if isinstance(orig, sqlite3.Error):
         code = getattr(orig, "sqlite_errorcode", 0) & 0xFF
         return _SQLITE_PERSISTENT.get(code, type(orig).__name__)
@@ -80,7 +85,7 @@ def outage_cause(exc: BaseException) -> str:
     first line of its message (e.g. `OperationalError: connection failed: connection to server
     at "127.0.0.1", port 5432 failed: Connection refused`), at most 200 characters. A connection
     error carries no statement parameters, and the URL's password is never in it."""
-    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    orig = _driver_error(exc)
     name = type(orig).__name__
     text = str(orig).strip()
     first = text.splitlines()[0].strip() if text else ""

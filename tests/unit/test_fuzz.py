@@ -30,6 +30,16 @@ def request(**over: object) -> str:
     return json.dumps(body)
 
 
+def legacy(**over: object) -> str:
+    """A one-page legacy request with `over` in place of its fields."""
+    body: dict[str, object] = {
+        "external_assessment_id": 1, "external_assessment_settings_id": 2,
+        "external_assessment_file_id": 3, "pages_per_student": 1,
+        "images": [{"id": 1, "page_number": 1, "aws_path": FUZZ_PAGE_URL}],
+        "question_list": [{"question_number": "1", "max_mark": 1}], **over}
+    return json.dumps(body)
+
+
 def test_a_valid_request_plans(world: FuzzWorld) -> None:
     assert check_request_text(request(), world) is None
 
@@ -64,25 +74,14 @@ FINDINGS = {
                              "assessment_id: String should have at most 128 characters"),
     "assessment_id with NUL": (request(assessment_id="a\x00"), RequestValidationError,
                                "assessment_id: must not contain control"),
-    "legacy URL with NUL": (json.dumps({
-        "external_assessment_id": 1, "external_assessment_settings_id": 2,
-        "external_assessment_file_id": 3, "pages_per_student": 1,
-        "images": [{"id": 1, "page_number": 1, "aws_path": "http://a\x00b/x"}],
-        "question_list": [{"question_number": "1", "max_mark": 1}]}), RequestValidationError,
-        "images[0].aws_path: must not contain control"),
-    "legacy model answer with newline": (json.dumps({
-        "external_assessment_id": 1, "external_assessment_settings_id": 2,
-        "external_assessment_file_id": 3, "pages_per_student": 1,
-        "images": [{"id": 1, "page_number": 1, "aws_path": FUZZ_PAGE_URL}],
-        "model_assessment": ["http://a.example/x\ny"],
-        "question_list": [{"question_number": "1", "max_mark": 1}]}), RequestValidationError,
+    "legacy URL with NUL": (
+        legacy(images=[{"id": 1, "page_number": 1, "aws_path": "http://a\x00b/x"}]),
+        RequestValidationError, "images[0].aws_path: must not contain control"),
+    "legacy model answer with newline": (
+        legacy(model_assessment=["http://a.example/x\ny"]), RequestValidationError,
         "model_assessment[0]: must not contain control or format characters (found U+000A)"),
-    "legacy model answer unclosed IPv6": (json.dumps({
-        "external_assessment_id": 1, "external_assessment_settings_id": 2,
-        "external_assessment_file_id": 3, "pages_per_student": 1,
-        "images": [{"id": 1, "page_number": 1, "aws_path": FUZZ_PAGE_URL}],
-        "model_assessment": ["http://[::1/x"],
-        "question_list": [{"question_number": "1", "max_mark": 1}]}), ImageError,
+    "legacy model answer unclosed IPv6": (
+        legacy(model_assessment=["http://[::1/x"]), ImageError,
         "model_answer_pages[0].url: not a valid URL"),
     "integer of 6000 digits": (request(x=1).replace('"x": 1', '"x": ' + "9" * 6000),
                                RequestValidationError, "request: unreadable JSON number"),
